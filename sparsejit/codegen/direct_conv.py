@@ -1,0 +1,80 @@
+"""Render a direct-conv kernel: plan + pattern + layouts -> LLVM IR text (no LLVM calls here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..kernels.direct_conv import ConvWorkload, DirectConvPlan, Epilogue, Pattern, origin, tiles
+from ..kernels.layout import Layout
+from .render import float_list, float_literal, i32_list, render, splat, symbol
+
+TEMPLATES = {"table": "conv_direct_table.ll.j2", "unrolled": "conv_direct_unrolled.ll.j2"}
+
+
+def kernel_symbol(layer: str, plan: DirectConvPlan) -> str:
+    return symbol("sj_conv", layer, plan.variant())
+
+
+def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan, pattern: Pattern,
+                       bias: np.ndarray, epilogue: Epilogue, in_layout: Layout,
+                       out_layout: Layout, target_name: str) -> str:
+    """The IR module of one conv layer's kernel:
+    `void NAME(ptr in, ptr out, i64 n0, i64 n1, i64 b0, i64 b1)` computes images [n0, n1) and
+    channel blocks [b0, b1)."""
+    assert out_layout.phases == 1
+    v = plan.vector_width
+    ty, tx = tiles(workload, plan)
+    sh = workload.strides[0]
+    mb = plan.channels_per_block
+    table = np.concatenate([pattern.offsets[:, None].astype(np.int32),
+                            pattern.weights.view(np.int32)], axis=1)
+    k = SimpleNamespace(
+        name=kernel_symbol(layer, plan),
+        template=TEMPLATES[plan.form],
+        target=target_name,
+        digest=pattern.digest,
+        plan=", ".join(f"{key}={val}" for key, val in asdict(plan).items()),
+        workload=", ".join(f"{key}={val}" for key, val in asdict(workload).items()),
+        nonzeros=pattern.nonzeros,
+        entries=pattern.entries,
+        blocks=pattern.blocks,
+        V=v, RB=plan.rows_per_tile, CB=plan.vectors_per_row, MB=mb, UK=plan.unroll,
+        sets=plan.unroll if plan.split_accumulators else 1,
+        M=workload.out_channels, P=workload.out_height, TY=ty, TX=tx,
+        in_img=in_layout.image_stride,
+        in_tile_row=sh * in_layout.row_stride,
+        in_origin=origin(workload, in_layout),
+        acc_offset=[[r * sh * in_layout.row_stride + c * v for c in range(plan.vectors_per_row)]
+                    for r in range(plan.rows_per_tile)],
+        out_img=out_layout.image_stride,
+        out_ch=out_layout.channel_stride,
+        out_row=out_layout.row_stride,
+        out_origin=out_layout.pad_top * out_layout.row_stride + out_layout.pad_left,
+        iota=", ".join(f"i64 {i}" for i in range(v)),
+        Qvec=splat(v, f"i64 {workload.out_width}"),
+        starts=i32_list(pattern.block_start),
+        chan=i32_list(pattern.channels),
+        bias=float_list(bias),
+        table=i32_list(table),
+        table_len=table.size,
+        weights=i32_list(pattern.weights),
+        weights_len=pattern.weights.size,
+        block_entries=_block_entries(pattern) if plan.form == "unrolled" else [],
+        activation=epilogue.activation,
+        alpha_vec=splat(v, f"float {float_literal(epilogue.alpha)}"),
+        clip_min_vec=splat(v, f"float {float_literal(epilogue.clip_min)}"),
+        clip_max_vec=splat(v, f"float {float_literal(epilogue.clip_max)}"),
+    )
+    if plan.form == "unrolled" and pattern.weights.size == 0:
+        k.weights, k.weights_len = "i32 0", 1
+    return render(TEMPLATES[plan.form], k=k)
+
+
+def _block_entries(pattern: Pattern) -> list[list[tuple[int, int]]]:
+    """Per block, (entry index, input offset) pairs: the unrolled form's immediates."""
+    return [[(e, int(pattern.offsets[e])) for e in range(int(pattern.block_start[b]),
+                                                          int(pattern.block_start[b + 1]))]
+            for b in range(pattern.blocks)]

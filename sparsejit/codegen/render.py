@@ -1,0 +1,70 @@
+"""Jinja2 environment over templates/ and the literal formatting the templates share.
+
+Templates are rendered with StrictUndefined: a missing parameter is an error, not empty text.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+import numpy as np
+
+
+def _template_dir() -> Path:
+    try:  # installed: templates/ ships as the data package sparsejit.templates
+        from importlib.resources import files
+
+        path = Path(str(files("sparsejit.templates")))
+        if path.is_dir() and any(path.glob("*.j2")):
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_template_dir())),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render(template: str, **params: object) -> str:
+    return environment().get_template(template).render(**params)
+
+
+def symbol(*parts: str) -> str:
+    """A C-like symbol from parts (layer names may hold '/', '.', ':')."""
+    return "_".join(re.sub(r"[^A-Za-z0-9_]", "_", p) for p in parts)
+
+
+def i32_list(values: np.ndarray) -> str:
+    """`i32 a, i32 b, ...` for an integer or float32 array (floats as their bit patterns)."""
+    arr = np.ascontiguousarray(values)
+    if arr.dtype == np.float32:
+        arr = arr.view(np.int32)
+    if arr.size == 0:
+        return ""
+    return "i32 " + ", i32 ".join(map(str, arr.astype(np.int64).ravel().tolist()))
+
+
+def float_literal(value: float) -> str:
+    """An exact LLVM IR float literal (the f32 value as the hex of its double)."""
+    as_double = float(np.float32(value))
+    return "0x%016X" % np.array(as_double, np.float64).view(np.uint64)
+
+
+def float_list(values: np.ndarray) -> str:
+    arr = np.asarray(values, np.float32).astype(np.float64).view(np.uint64).ravel()
+    return ", ".join("float 0x%016X" % v for v in arr.tolist())
+
+
+def splat(vector_width: int, element: str) -> str:
+    """Elements of a constant vector, e.g. splat(4, 'float 0.0') -> 'float 0.0, float 0.0, ...'."""
+    return ", ".join([element] * vector_width)

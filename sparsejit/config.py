@@ -1,0 +1,37 @@
+"""Every environment knob sparsejit reads, in one place.
+
+SPARSEJIT_CACHE_DIR   object cache directory (default: the user cache dir); "off" disables it
+SPARSEJIT_DEBUG       1: log compile steps; 2: also print each layer's plan; 3: also its IR
+SPARSEJIT_THREADS     default thread count when compile(threads=None)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+
+def cache_dir() -> Path | None:
+    """Where compiled objects are cached, or None when caching is off."""
+    value = os.environ.get("SPARSEJIT_CACHE_DIR")
+    if value is not None and value.strip().lower() in ("off", "0", "none", ""):
+        return None
+    if value:
+        return Path(value).expanduser()
+    return Path(platformdirs.user_cache_dir("sparsejit"))
+
+
+def debug_level() -> int:
+    try:
+        return int(os.environ.get("SPARSEJIT_DEBUG", "0"))
+    except ValueError:
+        return 0
+
+
+def default_threads() -> int:
+    value = os.environ.get("SPARSEJIT_THREADS")
+    if value:
+        return max(1, int(value))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -1,0 +1,188 @@
+"""Direct sparse convolution: the workload, the plan (blocking) and the baked sparsity pattern.
+
+For output channel m and each nonzero weight w at (c, r, s):
+    out[m][y][x .. x+V) += w * in_pad[c][y*sh + r*dh][x*sw + s*dw .. +V)
+With the input padded (and phase-split for sw > 1, see layout.py), the input address of every
+nonzero is `tile_base(y, x) + offset(c, r, s)`: a constant per nonzero. The pattern of a block
+of output channels is the sorted list of those offsets and the weights at them, which the
+templates bake into the generated module (a constant table, or immediates in unrolled code).
+
+Output channels are grouped in blocks of `channels_per_block` sharing one offset list (the union
+of their nonzero positions; absent weights are zeros): 1 for unstructured sparsity, 4 or so for
+dense layers, where every channel has every position. Groups need no special case: offsets name
+absolute input channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .layout import Layout
+
+
+@dataclass(frozen=True)
+class ConvWorkload:
+    """A 2-D convolution layer's shape (per image); what a plan and a tuning record key on."""
+
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+
+    @property
+    def out_height(self) -> int:
+        (kh, _), (sh, _), (dh, _) = self.kernel, self.strides, self.dilations
+        return (self.height + self.pads[0] + self.pads[2] - dh * (kh - 1) - 1) // sh + 1
+
+    @property
+    def out_width(self) -> int:
+        (_, kw), (_, sw), (_, dw) = self.kernel, self.strides, self.dilations
+        return (self.width + self.pads[1] + self.pads[3] - dw * (kw - 1) - 1) // sw + 1
+
+    @property
+    def dense_flops(self) -> int:
+        cg = self.in_channels // self.group
+        return 2 * self.out_channels * cg * self.kernel[0] * self.kernel[1] * self.out_height * self.out_width
+
+    def input_layout(self, vector_width: int) -> Layout:
+        """The padded, phase-split input layout this conv reads (rows padded for the last tile)."""
+        return Layout.padded(self.in_channels, self.height, self.width, self.pads,
+                             phases=self.strides[1], align=vector_width)
+
+
+@dataclass(frozen=True)
+class DirectConvPlan:
+    """Blocking and form of one direct-conv kernel: plain data a tuner can vary."""
+
+    form: str = "table"  # "table": loop over a constant (offset, weights) table; "unrolled"
+    vector_width: int = 16
+    rows_per_tile: int = 4  # output rows held in accumulators
+    vectors_per_row: int = 1  # vectors per row held in accumulators
+    channels_per_block: int = 1  # output channels sharing one offset list
+    unroll: int = 2  # table form: nonzeros per loop iteration
+    split_accumulators: bool = False  # one accumulator set per unrolled nonzero (short tiles)
+    codegen_opt: int = 2
+
+    def __post_init__(self) -> None:
+        assert self.form in ("table", "unrolled"), self.form
+        assert self.vector_width in (4, 8, 16), self.vector_width
+        assert self.rows_per_tile >= 1 and self.vectors_per_row >= 1 and self.unroll >= 1
+        assert self.channels_per_block >= 1
+
+    @property
+    def accumulators(self) -> int:
+        split = self.unroll if self.split_accumulators and self.form == "table" else 1
+        return self.rows_per_tile * self.vectors_per_row * self.channels_per_block * split
+
+    def variant(self) -> str:
+        """Names the variant in kernel symbols, e.g. table_v16_r4x1_m1_u2."""
+        split = "s" if self.split_accumulators else ""
+        return (f"{self.form}_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_row}"
+                f"_m{self.channels_per_block}_u{self.unroll}{split}")
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What happens to an accumulator before it is stored: bias add, then an activation."""
+
+    activation: str = "none"  # "none" | "relu" | "leaky_relu" | "clip"
+    alpha: float = 0.0  # leaky_relu slope
+    clip_min: float = float("-inf")
+    clip_max: float = float("inf")
+
+
+@dataclass
+class Pattern:
+    """The baked sparsity of a layer for one plan: per block, offsets and weights."""
+
+    block_start: np.ndarray  # int64 [blocks + 1] into the entries
+    offsets: np.ndarray  # int64 [entries]: input float offset per entry
+    weights: np.ndarray  # float32 [entries, channels_per_block]
+    channels: np.ndarray  # int64 [blocks, channels_per_block]: output channel, -1 = none
+    nonzeros: int  # true nonzeros of the weight tensor
+    digest: str = field(default="")
+
+    @property
+    def blocks(self) -> int:
+        return len(self.block_start) - 1
+
+    @property
+    def entries(self) -> int:
+        return len(self.offsets)
+
+
+def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
+                  plan: DirectConvPlan) -> Pattern:
+    """Offsets and weights per block of output channels, from the weight tensor [M, C/G, R, S]."""
+    m_total, cg, kh, kw = weight.shape
+    mg = m_total // workload.group
+    (dh, dw) = workload.dilations
+    mb = plan.channels_per_block
+    blocks = -(-m_total // mb)
+    channels = np.full((blocks, mb), -1, np.int64)
+    starts = [0]
+    all_offsets: list[np.ndarray] = []
+    all_weights: list[np.ndarray] = []
+    for b in range(blocks):
+        members = np.arange(b * mb, min((b + 1) * mb, m_total))
+        channels[b, :len(members)] = members
+        block_w = weight[members]  # [k, cg, kh, kw]
+        nz = np.nonzero(np.any(block_w != 0, axis=0))  # union of positions, sorted by (c, r, s)
+        c_local, r, s = nz
+        c_abs = c_local + (members[0] // mg) * cg
+        # every member must be in the same group for the offsets to be shared
+        assert np.all(members // mg == members[0] // mg) or len(c_local) == 0, "block spans groups"
+        offs = (c_abs * layout.channel_stride + r * dh * layout.row_stride
+                + ((s * dw) % layout.phases) * layout.phase_width + (s * dw) // layout.phases)
+        w = np.zeros((len(offs), mb), np.float32)
+        w[:, :len(members)] = block_w[:, c_local, r, s].T
+        pad = (-len(offs)) % plan.unroll if plan.form == "table" else 0
+        if pad:  # pad to whole loop iterations with zero weights at a valid offset
+            offs = np.concatenate([offs, np.full(pad, offs[0] if len(offs) else 0)])
+            w = np.concatenate([w, np.zeros((pad, mb), np.float32)])
+        all_offsets.append(offs.astype(np.int64))
+        all_weights.append(w)
+        starts.append(starts[-1] + len(offs))
+    offsets = np.concatenate(all_offsets) if all_offsets else np.zeros(0, np.int64)
+    weights = np.concatenate(all_weights) if all_weights else np.zeros((0, mb), np.float32)
+    h = hashlib.sha256()
+    for arr in (offsets, weights, channels):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return Pattern(np.asarray(starts, np.int64), offsets, weights, channels,
+                   int(np.count_nonzero(weight)), h.hexdigest()[:16])
+
+
+def tiles(workload: ConvWorkload, plan: DirectConvPlan) -> tuple[int, int]:
+    """(row tiles, column tiles) covering the output."""
+    vectors = -(-workload.out_width // plan.vector_width)
+    return (-(-workload.out_height // plan.rows_per_tile), -(-vectors // plan.vectors_per_row))
+
+
+def input_extent(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan,
+                 pattern: Pattern) -> int:
+    """Floats past an image's start that the kernel may read (garbage lanes of the last tiles
+    included): the buffer holding the last image must extend this far."""
+    ty, tx = tiles(workload, plan)
+    v = plan.vector_width
+    last_row = (ty * plan.rows_per_tile - 1) * workload.strides[0]
+    last_col = (tx * plan.vectors_per_row - 1) * v
+    max_offset = int(pattern.offsets.max()) if pattern.entries else 0
+    return origin(workload, layout) + last_row * layout.row_stride + last_col + max_offset + v
+
+
+def origin(workload: ConvWorkload, layout: Layout) -> int:
+    """Offset of the conv's padded (0, 0) in a layout whose pads may exceed the conv's."""
+    top, left = workload.pads[0], workload.pads[1]
+    assert layout.pad_top >= top and layout.pad_left >= left, (layout, workload)
+    if layout.phases > 1:
+        assert (layout.pad_top, layout.pad_left) == (top, left), "phase-split input must be exact"
+        return 0
+    return (layout.pad_top - top) * layout.row_stride + (layout.pad_left - left)

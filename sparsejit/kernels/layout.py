@@ -1,0 +1,119 @@
+"""How an activation tensor sits in its buffer: padding, column phases, strides, alignment.
+
+A conv kernel reads its input from a padded buffer so loads need no bounds checks. For a conv
+with column stride S the columns are split into S phases (padded column j lives in phase j % S
+at position j // S), so every vector load of a strided conv is contiguous. Per image the buffer
+holds C channels x `rows` rows x `phases` phase rows of `phase_width` floats. Only the interior
+is ever written; pads stay zero from allocation on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ALIGN_FLOATS = 16  # 64-byte alignment of buffers and rows
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Layout:
+    channels: int
+    height: int
+    width: int
+    pad_top: int = 0
+    pad_left: int = 0
+    rows: int = 0  # rows per channel incl. padding (0: height + pad_top)
+    phases: int = 1
+    phase_width: int = 0  # 0: just wide enough for width + pad_left
+
+    def __post_init__(self) -> None:
+        if self.rows == 0:
+            object.__setattr__(self, "rows", self.height + self.pad_top)
+        min_width = -(-(self.width + self.pad_left) // self.phases)
+        if self.phase_width == 0:
+            object.__setattr__(self, "phase_width", min_width)
+        assert self.rows >= self.height + self.pad_top, self
+        assert self.phase_width >= min_width, self
+
+    @staticmethod
+    def padded(channels: int, height: int, width: int, pads: tuple[int, int, int, int] = (0, 0, 0, 0),
+               phases: int = 1, align: int = 1) -> Layout:
+        """A layout with pads (top, left, bottom, right) and phase rows rounded up to `align`."""
+        top, left, bottom, right = pads
+        width_padded = width + left + right
+        phase_width = round_up(-(-width_padded // phases), align)
+        return Layout(channels, height, width, top, left, height + top + bottom, phases, phase_width)
+
+    @property
+    def row_stride(self) -> int:
+        return self.phases * self.phase_width
+
+    @property
+    def channel_stride(self) -> int:
+        return self.rows * self.row_stride
+
+    @property
+    def image_stride(self) -> int:
+        return round_up(self.channels * self.channel_stride, ALIGN_FLOATS)
+
+    @property
+    def is_plain(self) -> bool:
+        """True when the interior is the whole buffer: a contiguous NCHW array."""
+        return (self.pad_top == 0 and self.pad_left == 0 and self.rows == self.height
+                and self.phases == 1 and self.phase_width == self.width)
+
+    def element_offset(self, c: int, row: int, col: int) -> int:
+        """Float offset (within an image) of padded position (c, row, col)."""
+        return (c * self.channel_stride + row * self.row_stride
+                + (col % self.phases) * self.phase_width + col // self.phases)
+
+    # -- numpy views ------------------------------------------------------------------------
+    def interior(self, flat: np.ndarray, batch: int) -> np.ndarray:
+        """A writable (N, C, H, W) view of the interior of a phases == 1 buffer."""
+        assert self.phases == 1
+        item = flat.itemsize
+        start = self.pad_top * self.row_stride + self.pad_left
+        return np.lib.stride_tricks.as_strided(
+            flat[start:], shape=(batch, self.channels, self.height, self.width),
+            strides=(self.image_stride * item, self.channel_stride * item, self.row_stride * item, item))
+
+    def write(self, flat: np.ndarray, x: np.ndarray) -> None:
+        """Copy NCHW `x` into the buffer (interior only; pads untouched)."""
+        batch = x.shape[0]
+        if self.phases == 1:
+            self.interior(flat, batch)[...] = x
+            return
+        item = flat.itemsize
+        # view the buffer as (N, C, rows, phase_width, phases): element [.., q, p] is padded col q*S+p
+        v5 = np.lib.stride_tricks.as_strided(
+            flat, shape=(batch, self.channels, self.rows, self.phase_width, self.phases),
+            strides=(self.image_stride * item, self.channel_stride * item, self.row_stride * item,
+                     item, self.phase_width * item))
+        for p in range(self.phases):
+            # padded columns with j % S == p and pad_left <= j < pad_left + width
+            first = (p - self.pad_left) % self.phases  # first interior column index with that phase
+            cols = np.arange(first, self.width, self.phases)
+            if cols.size == 0:
+                continue
+            q = (cols + self.pad_left) // self.phases
+            v5[:, :, self.pad_top:self.pad_top + self.height, q[0]:q[-1] + 1, p] = x[:, :, :, cols]
+
+    def read(self, flat: np.ndarray, batch: int) -> np.ndarray:
+        """The interior as an NCHW view (phases == 1) or copy."""
+        if self.phases == 1:
+            return self.interior(flat, batch)
+        out = np.empty((batch, self.channels, self.height, self.width), np.float32)
+        for col in range(self.width):
+            j = col + self.pad_left
+            base = (j % self.phases) * self.phase_width + j // self.phases
+            idx = (base + self.pad_top * self.row_stride
+                   + np.arange(self.height)[:, None] * self.row_stride
+                   + np.arange(self.channels)[None, :] * self.channel_stride)
+            for n in range(batch):
+                out[n, :, :, col] = flat[n * self.image_stride + idx].T
+        return out
