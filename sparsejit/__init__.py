@@ -2,6 +2,35 @@
 
     cm = sparsejit.compile("pruned.onnx", target="host")
     y = cm(x)
+    print(cm.report()); print(cm.ir("conv3")); print(cm.asm("conv3"))
 """
 
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import (CacheError, InputError, ModelError, SparseJitError, TargetError,
+                     UnsupportedError)
+
 __version__ = "0.1.0"
+
+__all__ = ["compile", "CompiledModel", "onnx_backend", "SparseJitError", "ModelError",
+           "UnsupportedError", "InputError", "TargetError", "CacheError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # The pipeline (onnx, llvmlite) loads on first use, so `import sparsejit` and the CLI's
+    # help stay fast and submodules import without pulling in every stage.
+    if name == "compile":
+        from .compiler import compile
+
+        return compile
+    if name == "CompiledModel":
+        from .runtime.model import CompiledModel
+
+        return CompiledModel
+    if name == "onnx_backend":
+        from . import onnx_backend
+
+        return onnx_backend
+    raise AttributeError(f"module 'sparsejit' has no attribute '{name}'")

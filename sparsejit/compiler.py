@@ -1,0 +1,69 @@
+"""sparsejit.compile(): model in, CompiledModel out. The pipeline, stage by stage.
+
+    load (frontend) -> import to graph IR -> [per batch size: bind shapes, fold constants,
+    remove identities, fold BatchNorm and scale-shifts, fuse activations -> lower (choose,
+    render, compile, schedule)] -> CompiledModel
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import onnx
+
+from . import config, targets
+from .frontend.onnx_import import import_graph, load_model
+from .graph import fold, passes
+from .graph.fuse import fuse_activations
+from .graph.ir import Graph, Node
+from .lower import Program, conv_lowerable, fc_weights, lower
+from .runtime.model import CompiledModel
+from .targets import Target
+
+
+def _kernel_layer(graph: Graph, node: Node) -> bool:
+    """Will this node become a generated kernel (so an activation can fuse into it)?"""
+    return conv_lowerable(graph, node) or (node.op in ("Gemm", "MatMul")
+                                           and fc_weights(graph, node) is not None)
+
+
+def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None = None,
+         load: bool = True) -> Program:
+    """Bind the batch size, run the graph passes and lower the result."""
+    g = copy.deepcopy(graph)
+    fold.simplify(g, batch)
+    passes.remove_identities(g)
+    passes.fold_batchnorm(g)
+    passes.fold_scale_shift(g)
+    fold.simplify(g, batch)
+    fuse_activations(g, _kernel_layer)
+    return lower(g, target, batch, plans, load=load)
+
+
+def prepare_graph(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
+    """Load and import a model (path, bytes or ModelProto) into the graph IR."""
+    return import_graph(load_model(model))
+
+
+def compile(model: Any, target: str | Target = "host", threads: int | None = None,
+            batch: int | None = None, plans: dict[str, dict] | None = None) -> CompiledModel:
+    """Compile an ONNX model (path, bytes or onnx.ModelProto) to a native callable.
+
+    target: 'host', 'sse', 'avx2', 'avx512' (see `sparsejit targets`); any target compiles,
+        running needs the host to have its features.
+    threads: worker threads per layer (default: the cores this process may use).
+    batch: binds a symbolic batch dimension now (else at the first call).
+    plans: per-layer overrides of the kernel plan, e.g. {"conv3": {"form": "unrolled"}}.
+    """
+    tgt = targets.get(target)
+    graph = prepare_graph(model)
+    n_threads = threads if threads else config.default_threads()
+    name = graph.name or "model"
+    cm = CompiledModel(graph, tgt, n_threads,
+                       lambda b, load: bind(graph, b, tgt, plans, load=load), name)
+    static = cm._static_batch()
+    if batch is not None or static is not None:
+        cm.program(batch if batch is not None else static)
+    return cm

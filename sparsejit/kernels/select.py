@@ -1,0 +1,85 @@
+"""The decision point: which algorithm and blocking each layer runs with.
+
+`choose_conv` and `choose_fc` look at a layer's workload, its weights and the target and return
+a plan (plain frozen data). Overrides (from tests, the CLI or a tuning log) replace the default
+choice. Later algorithms (sparse Winograd, activation-sparse) join here as further choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..targets import Target
+from .direct_conv import ConvWorkload, DirectConvPlan
+from .gemm import GemmPlan
+
+# Above this weight density a layer is "dense": channels are blocked together, since every
+# channel has every position (union patterns then cost nothing).
+DENSE_THRESHOLD = 0.6
+# The unrolled form's code must stay small enough to live in L1i/L2 (DESIGN.md: multi-MB
+# unrolled kernels are bound by instruction fetch). Estimated bytes of code per FMA:
+UNROLLED_BYTES_PER_FMA = 8
+UNROLLED_MAX_CODE_BYTES = 32 * 1024
+
+
+def density(weight: np.ndarray) -> float:
+    return float(np.count_nonzero(weight)) / max(1, weight.size)
+
+
+def _tile(rows: int, vectors: int, budget: int) -> tuple[int, int]:
+    """(rows_per_tile, vectors_per_row) with at most `budget` accumulators and little waste:
+    whole rows of vectors first, then as many rows as fit, preferring a row count whose last
+    tile is nearly full."""
+    per_row = min(vectors, budget)
+    max_rows = max(1, min(rows, budget // per_row))
+    best, best_waste = max_rows, None
+    for rb in range(max_rows, 0, -1):
+        waste = (-rows) % rb / rows
+        if best_waste is None or waste < best_waste - 1e-9:
+            best, best_waste = rb, waste
+        if waste == 0 or rb < max_rows // 2:
+            break
+    return best, per_row
+
+
+def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
+                override: dict | None = None) -> DirectConvPlan:
+    """The default direct-conv plan for this layer on this target, with `override` applied."""
+    v = target.vector_width
+    dense = density(weight) >= DENSE_THRESHOLD
+    vectors = -(-workload.out_width // v)
+    # leave registers for the loaded input vectors and the broadcast weights
+    budget = target.vector_registers - (6 if target.vector_registers > 16 else 4)
+    mg = workload.out_channels // workload.group
+    if dense:
+        mb = next(m for m in (4, 3, 2, 1) if mg % m == 0)
+        rb, cb = _tile(workload.out_height, vectors, max(1, budget // mb))
+    else:
+        mb = 1
+        rb, cb = _tile(workload.out_height, vectors, budget)
+    split = rb * cb * mb < 4
+    unroll = 4 if split else 2
+    plan = DirectConvPlan(form="table", vector_width=v, rows_per_tile=rb, vectors_per_row=cb,
+                          channels_per_block=mb, unroll=unroll, split_accumulators=split)
+    if not dense:
+        fmas = np.count_nonzero(weight) * rb * cb
+        if fmas * UNROLLED_BYTES_PER_FMA <= UNROLLED_MAX_CODE_BYTES:
+            plan = replace(plan, form="unrolled")
+    if override:
+        plan = replace(plan, **override)
+    return plan
+
+
+def fc_is_sparse(weight: np.ndarray) -> bool:
+    return density(weight) < DENSE_THRESHOLD
+
+
+def choose_gemm(target: Target, batch: int, override: dict | None = None) -> GemmPlan:
+    rows = min(batch, 4)
+    plan = GemmPlan(vector_width=target.vector_width, rows_per_tile=rows,
+                    vectors_per_tile=4 if rows <= 2 else 2)
+    if override:
+        plan = replace(plan, **override)
+    return plan

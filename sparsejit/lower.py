@@ -1,0 +1,321 @@
+"""Lowering a shape-bound graph to a runnable program: kernels chosen, rendered, compiled, scheduled.
+
+Per node: a Conv with constant weights becomes a direct-conv kernel (sparse or dense blocking,
+table or unrolled form: see kernels/select.py); a Gemm/MatMul with constant weights becomes the
+dense FC kernel or, when pruned, the direct kernel with the batch as its width; every other op
+runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the
+stride-1 convs that read it, so producers write straight into the buffer those convs read;
+strided convs pack a private phase-split copy. Buffers are then planned by liveness.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import llvm
+from .codegen.direct_conv import kernel_symbol as conv_symbol
+from .codegen.direct_conv import render_direct_conv
+from .codegen.gemm import kernel_symbol as gemm_symbol
+from .codegen.gemm import render_gemm
+from .graph.ir import Graph, Node
+from .kernels import select
+from .kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, build_pattern,
+                                  input_extent)
+from .kernels.gemm import GemmWorkload, pack_weights
+from .kernels.layout import Layout
+from .kernels.reference import run_node
+from .runtime import steps as st
+from .runtime.buffers import Lifetime, plan_buffers
+from .targets import Target
+
+
+@dataclass
+class LayerInfo:
+    """What was generated for one layer: for report(), ir() and asm()."""
+
+    name: str
+    op: str
+    kernel: str  # variant, e.g. "conv table_v16_r4x1_m1_u2", or "reference"
+    in_shape: tuple
+    out_shape: tuple
+    density: float | None = None
+    nonzeros: int | None = None
+    code_bytes: int = 0
+    ir: str | None = None
+    symbol: str | None = None
+    opt: int = 2
+    compile_seconds: float = 0.0
+    cached: bool = False
+    dense_flops: int = 0
+    fused: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Program:
+    """Everything needed to run one batch size: steps, buffer plan, layer infos, the code."""
+
+    batch: int
+    steps: list[st.Step]
+    slot_of: dict[str, int]
+    slot_sizes: list[int]
+    layouts: dict[str, Layout]
+    scratch_sizes: dict[str, int]
+    layers: list[LayerInfo]
+    library: llvm.CodeLibrary | None
+    inputs: list[str]
+    outputs: list[str]
+
+    def new_arena(self) -> st.Arena:
+        return st.Arena.allocate(self.batch, self.slot_sizes, self.slot_of, self.layouts,
+                                 self.scratch_sizes)
+
+
+def _epilogue(node: Node) -> Epilogue:
+    act = node.attrs.get("activation", "none")
+    return Epilogue(act, float(node.attrs.get("activation_alpha", 0.0)),
+                    float(node.attrs.get("clip_min", -np.inf)), float(node.attrs.get("clip_max", np.inf)))
+
+
+def _is_4d_activation(graph: Graph, tensor: str) -> bool:
+    v = graph.values.get(tensor)
+    return (v is not None and v.const is None and v.shape is not None and len(v.shape) == 4
+            and v.dtype == np.float32)
+
+
+def conv_lowerable(graph: Graph, node: Node) -> bool:
+    if node.op != "Conv" or graph.const(node.inputs[1]) is None:
+        return False
+    if len(node.inputs) > 2 and node.inputs[2] and graph.const(node.inputs[2]) is None:
+        return False
+    return _is_4d_activation(graph, node.inputs[0]) and graph.const(node.inputs[1]).ndim == 4
+
+
+def fc_weights(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """(W[M][C], bias[M]) when the node is an FC layer with constant weights, else None."""
+    x = graph.values.get(node.inputs[0])
+    if x is None or x.const is not None or x.shape is None or len(x.shape) != 2:
+        return None
+    if node.op == "MatMul":
+        b = graph.const(node.inputs[1])
+        if b is None or b.ndim != 2:
+            return None
+        return np.ascontiguousarray(b.T, np.float32), np.zeros(b.shape[1], np.float32)
+    if node.op != "Gemm" or node.attrs.get("transA", 0):
+        return None
+    b = graph.const(node.inputs[1])
+    if b is None or b.ndim != 2:
+        return None
+    w = (b if node.attrs.get("transB", 0) else b.T) * np.float32(node.attrs.get("alpha", 1.0))
+    m = w.shape[0]
+    bias = np.zeros(m, np.float32)
+    if len(node.inputs) > 2 and node.inputs[2]:
+        c = graph.const(node.inputs[2])
+        if c is None or c.size not in (1, m) or (c.ndim == 2 and c.shape[0] != 1):
+            return None
+        bias = np.broadcast_to(c.reshape(-1) * np.float32(node.attrs.get("beta", 1.0)), (m,))
+    return np.ascontiguousarray(w, np.float32), np.ascontiguousarray(bias, np.float32)
+
+
+def conv_workload(graph: Graph, node: Node) -> ConvWorkload:
+    _, c, h, w = graph.value(node.inputs[0]).static_shape()
+    weight = graph.const(node.inputs[1])
+    return ConvWorkload(c, h, w, weight.shape[0], tuple(weight.shape[2:]),
+                        tuple(node.attrs["strides"]), tuple(node.attrs["pads"]),
+                        tuple(node.attrs["dilations"]), int(node.attrs["group"]))
+
+
+def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, Layout]:
+    """A layout per 4-D runtime tensor: pads and alignment for every stride-1 conv reading it."""
+    v = target.vector_width
+    pads: dict[str, list[int]] = {}
+    aligned: set[str] = set()
+    for node in order:
+        if conv_lowerable(graph, node) and node.attrs["strides"][1] == 1:
+            t = node.inputs[0]
+            cur = pads.setdefault(t, [0, 0, 0, 0])
+            pads[t] = [max(a, b) for a, b in zip(cur, node.attrs["pads"])]
+            aligned.add(t)
+    layouts = {}
+    tensors = list(graph.inputs) + [o for n in order for o in n.outputs]
+    for t in tensors:
+        if _is_4d_activation(graph, t):
+            _, c, h, w = graph.value(t).static_shape()
+            layouts[t] = Layout.padded(c, h, w, tuple(pads.get(t, (0, 0, 0, 0))),
+                                       align=v if t in aligned else 1)
+    return layouts
+
+
+class _Builder:
+    """Accumulates steps, IR modules and buffer needs while walking the schedule."""
+
+    def __init__(self, graph: Graph, target: Target, batch: int, overrides: dict[str, dict]):
+        self.graph, self.target, self.batch, self.overrides = graph, target, batch, overrides
+        self.steps: list[st.Step] = []
+        self.layers: list[LayerInfo] = []
+        self.kernels: list[tuple[LayerInfo, str, int]] = []  # (info, ir, opt)
+        self.bind: list[tuple[st.Step, str, type]] = []  # steps waiting for a function pointer
+        self.scratch: dict[str, int] = {}
+        self.extent: dict[str, int] = {}  # tensor -> floats its readers may touch
+
+    def shape(self, tensor: str) -> tuple:
+        v = self.graph.values.get(tensor)
+        return tuple(v.shape) if v is not None and v.shape is not None else ()
+
+    def conv(self, node: Node, layouts: dict[str, Layout]) -> None:
+        g, tgt = self.graph, self.target
+        wl = conv_workload(g, node)
+        weight = np.ascontiguousarray(g.const(node.inputs[1]), np.float32)
+        bias = (g.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2]
+                else np.zeros(wl.out_channels, np.float32)).astype(np.float32)
+        plan = select.choose_conv(wl, weight, tgt, self.overrides.get(node.name))
+        x, y = node.inputs[0], node.outputs[0]
+        pack = None
+        in_layout = layouts[x]
+        if wl.strides[1] != 1:
+            pack = in_layout = wl.input_layout(tgt.vector_width)
+        pattern = build_pattern(weight, wl, in_layout, plan)
+        info = LayerInfo(node.name, node.op, f"direct {plan.variant()}", self.shape(x),
+                         self.shape(y), select.density(weight), pattern.nonzeros,
+                         symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
+                         dense_flops=wl.dense_flops * self.batch, fused=list(node.fused))
+        info.ir = render_direct_conv(node.name, wl, plan, pattern, bias, _epilogue(node), in_layout,
+                                     layouts[y], tgt.name)
+        floats = (self.batch - 1) * in_layout.image_stride + max(
+            in_layout.image_stride, input_extent(wl, in_layout, plan, pattern))
+        if pack is None:
+            self.extent[x] = max(self.extent.get(x, 0), floats)
+        else:
+            self.scratch[node.name] = floats
+        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, pack)
+        self._add_kernel(step, info, st.ConvFn)
+
+    def sparse_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
+        m, c = weight.shape
+        n, v = self.batch, self.target.vector_width
+        wl = ConvWorkload(c, 1, n, m, (1, 1))
+        in_layout = Layout.padded(c, 1, n, align=v)
+        out_layout = Layout.padded(m, 1, n, align=v)
+        plan = select.choose_conv(wl, weight[:, :, None, None], self.target,
+                                  self.overrides.get(node.name))
+        pattern = build_pattern(weight[:, :, None, None], wl, in_layout, plan)
+        info = LayerInfo(node.name, node.op, f"sparse-fc {plan.variant()}",
+                         self.shape(node.inputs[0]), self.shape(node.outputs[0]),
+                         select.density(weight), pattern.nonzeros,
+                         symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
+                         dense_flops=2 * m * c * n, fused=list(node.fused))
+        info.ir = render_direct_conv(node.name, wl, plan, pattern, bias, _epilogue(node), in_layout,
+                                     out_layout, self.target.name)
+        self.scratch[node.name + ":in"] = max(in_layout.image_stride,
+                                              input_extent(wl, in_layout, plan, pattern))
+        self.scratch[node.name + ":out"] = out_layout.image_stride
+        step = st.SparseFC(node.name, node.inputs[0], node.outputs[0], None, pattern.blocks,
+                           in_layout, out_layout)
+        self._add_kernel(step, info, st.ConvFn)
+
+    def dense_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
+        m, c = weight.shape
+        plan = select.choose_gemm(self.target, self.batch, self.overrides.get(node.name))
+        wl = GemmWorkload(c, m)
+        info = LayerInfo(node.name, node.op, f"dense-fc {plan.variant()}",
+                         self.shape(node.inputs[0]), self.shape(node.outputs[0]),
+                         select.density(weight), int(np.count_nonzero(weight)),
+                         symbol=gemm_symbol(node.name, plan), opt=plan.codegen_opt,
+                         dense_flops=2 * m * c * self.batch, fused=list(node.fused))
+        info.ir = render_gemm(node.name, wl, plan, bias, _epilogue(node), self.target.name)
+        step = st.GemmKernel(node.name, node.inputs[0], node.outputs[0], None,
+                             pack_weights(weight, plan), plan.tiles(m), m)
+        self._add_kernel(step, info, st.GemmFn)
+
+    def reference(self, node: Node, layouts: dict[str, Layout]) -> None:
+        consts = {t: self.graph.const(t) for t in node.inputs if t and self.graph.const(t) is not None}
+        planned = frozenset(o for o in node.outputs if o in layouts)
+        self.steps.append(st.Reference(node.name, node, consts, run_node, planned))
+        out = node.outputs[0] if node.outputs else ""
+        self.layers.append(LayerInfo(node.name, node.op, "reference (numpy)",
+                                     self.shape(node.inputs[0]) if node.inputs else (),
+                                     self.shape(out), fused=list(node.fused)))
+
+    def _add_kernel(self, step: st.Step, info: LayerInfo, fn_type: type) -> None:
+        self.steps.append(step)
+        self.layers.append(info)
+        self.kernels.append((info, info.ir, info.opt))
+        self.bind.append((step, info.symbol, fn_type))
+
+
+def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] | None = None,
+          load: bool = True) -> Program:
+    """Build the program for `graph` (shapes bound to `batch`). With load=False the kernels are
+    compiled (for ir/asm inspection of foreign targets) but not loaded into memory."""
+    order = graph.topo_order()
+    layouts = plan_layouts(graph, order, target)
+    b = _Builder(graph, target, batch, overrides or {})
+    for t in graph.inputs:
+        b.steps.append(st.WriteInput(f"input:{t}", t, t in layouts))
+    for node in order:
+        if conv_lowerable(graph, node):
+            b.conv(node, layouts)
+            continue
+        fc = fc_weights(graph, node) if node.op in ("Gemm", "MatMul") else None
+        if fc is not None:
+            (b.sparse_fc if select.fc_is_sparse(fc[0]) else b.dense_fc)(node, *fc)
+        else:
+            b.reference(node, layouts)
+
+    library = _compile(b, target, load)
+    # liveness: step index of each tensor's producer and last reader
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, step in enumerate(b.steps):
+        for t in _writes(step):
+            first.setdefault(t, i)
+        for t in _reads(step):
+            last[t] = i
+    end = len(b.steps)
+    lifetimes = []
+    for t, layout in layouts.items():
+        if t not in first:
+            continue
+        floats = max(batch * layout.image_stride, b.extent.get(t, 0))
+        lifetimes.append(Lifetime(t, layout, floats, first[t],
+                                  end if t in graph.outputs else last.get(t, first[t])))
+    slot_of, sizes = plan_buffers(lifetimes)
+    return Program(batch, b.steps, slot_of, sizes, {t: layouts[t] for t in slot_of}, b.scratch,
+                   b.layers, library, list(graph.inputs), list(graph.outputs))
+
+
+def _writes(step: st.Step) -> list[str]:
+    if isinstance(step, st.WriteInput):
+        return [step.tensor]
+    if isinstance(step, st.Reference):
+        return list(step.node.outputs)
+    return [step.output]
+
+
+def _reads(step: st.Step) -> list[str]:
+    if isinstance(step, st.WriteInput):
+        return []
+    if isinstance(step, st.Reference):
+        return [t for t in step.node.inputs if t]
+    return [step.input]
+
+
+def _compile(b: _Builder, target: Target, load: bool) -> llvm.CodeLibrary | None:
+    objects = []
+    for info, ir, opt in b.kernels:
+        start = time.perf_counter()
+        obj, cached = llvm.compile_object(ir, target, opt)
+        info.compile_seconds = time.perf_counter() - start
+        info.cached, info.code_bytes = cached, len(obj)
+        objects.append(obj)
+    if not load or not objects:
+        return None
+    library = llvm.CodeLibrary(target)
+    for obj in objects:
+        library.add_object(obj)
+    library.finalize()
+    for step, symbol, fn_type in b.bind:
+        step.fn = fn_type(library.address(symbol))
+    return library

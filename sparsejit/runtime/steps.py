@@ -1,0 +1,188 @@
+"""The steps a compiled model runs, in schedule order, and the arena of buffers they share.
+
+A step reads and writes tensors through an `Arena`: planned 4-D activations live in aligned
+slot buffers (their interiors are NCHW views), other tensors are plain arrays in the call's
+environment. Kernel steps call generated code through ctypes (which releases the GIL, so a
+thread pool splits a layer's channel blocks across cores); reference steps run numpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..graph.ir import Node
+from ..kernels.layout import Layout
+from .buffers import aligned_empty, aligned_zeros
+
+ConvFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                          ctypes.c_int64, ctypes.c_int64)
+GemmFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                          ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
+
+
+@dataclass
+class Arena:
+    """The buffers of one in-flight call: slot arrays, tensor views, private scratch."""
+
+    batch: int
+    slots: list[np.ndarray]
+    slot_of: dict[str, int]
+    layouts: dict[str, Layout]
+    scratch: dict[str, np.ndarray] = field(default_factory=dict)
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def allocate(cls, batch: int, sizes: list[int], slot_of: dict[str, int],
+                 layouts: dict[str, Layout], scratch_sizes: dict[str, int]) -> Arena:
+        arena = cls(batch, [aligned_zeros(s) for s in sizes], slot_of, layouts)
+        arena.scratch = {k: aligned_zeros(s) for k, s in scratch_sizes.items()}
+        arena.views = {t: layouts[t].interior(arena.slots[s], batch) for t, s in slot_of.items()}
+        return arena
+
+    def buffer(self, tensor: str) -> np.ndarray:
+        return self.slots[self.slot_of[tensor]]
+
+
+class Step:
+    """One unit of the schedule. `layer` names it in reports and errors."""
+
+    layer: str
+
+    def run(self, env: dict[str, np.ndarray], arena: Arena, pool: ThreadPoolExecutor | None,
+            threads: int) -> None:
+        raise NotImplementedError
+
+
+def split_range(total: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(parts, total))
+    bounds = [total * i // parts for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i] < bounds[i + 1]]
+
+
+def parallel(pool: ThreadPoolExecutor | None, threads: int, work: Callable[[int, int], None],
+             total: int) -> None:
+    """Run work(begin, end) over [0, total) in `threads` contiguous chunks."""
+    chunks = split_range(total, threads)
+    if pool is None or len(chunks) <= 1:
+        for begin, end in chunks:
+            work(begin, end)
+        return
+    for future in [pool.submit(work, b, e) for b, e in chunks]:
+        future.result()
+
+
+@dataclass
+class WriteInput(Step):
+    """Copy (and convert) a graph input into its padded buffer."""
+
+    layer: str
+    tensor: str
+    planned: bool
+
+    def run(self, env, arena, pool, threads):
+        x = env[self.tensor]
+        if self.planned:
+            arena.views[self.tensor][...] = x
+            env[self.tensor] = arena.views[self.tensor]
+
+
+@dataclass
+class ConvKernel(Step):
+    """A generated direct-conv kernel; packs its input first when it needs its own layout."""
+
+    layer: str
+    input: str
+    output: str
+    fn: Callable
+    blocks: int
+    pack_layout: Layout | None  # private phase-split copy of the input, or None to read in place
+
+    def run(self, env, arena, pool, threads):
+        if self.pack_layout is not None:
+            src = arena.scratch[self.layer]
+            self.pack_layout.write(src, env[self.input])
+        else:
+            src = arena.buffer(self.input)
+        dst = arena.buffer(self.output)
+        n = arena.batch
+        in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
+        if self.blocks >= threads or n == 1:
+            parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, 0, n, b0, b1),
+                     self.blocks)
+        else:
+            parallel(pool, threads, lambda n0, n1: self.fn(in_ptr, out_ptr, n0, n1, 0, self.blocks),
+                     n)
+        env[self.output] = arena.views[self.output]
+
+
+@dataclass
+class SparseFC(Step):
+    """A pruned FC layer on the direct-conv kernel: batch rows become the spatial width."""
+
+    layer: str
+    input: str
+    output: str
+    fn: Callable
+    blocks: int
+    in_layout: Layout  # (C, 1, N)
+    out_layout: Layout  # (M, 1, N)
+
+    def run(self, env, arena, pool, threads):
+        x = env[self.input]
+        src, dst = arena.scratch[self.layer + ":in"], arena.scratch[self.layer + ":out"]
+        self.in_layout.write(src, np.ascontiguousarray(x.T, np.float32)[None, :, None, :])
+        in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
+        parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, 0, 1, b0, b1), self.blocks)
+        env[self.output] = np.ascontiguousarray(self.out_layout.read(dst, 1)[0, :, 0, :].T)
+
+
+@dataclass
+class GemmKernel(Step):
+    """A generated dense FC kernel over packed weights."""
+
+    layer: str
+    input: str
+    output: str
+    fn: Callable
+    weights: np.ndarray
+    tiles: int
+    out_features: int
+
+    def run(self, env, arena, pool, threads):
+        x = np.ascontiguousarray(env[self.input], np.float32)
+        n = x.shape[0]
+        y = np.empty((n, self.out_features), np.float32)
+        xp, yp, wp = x.ctypes.data, y.ctypes.data, self.weights.ctypes.data
+        parallel(pool, threads, lambda t0, t1: self.fn(xp, yp, wp, 0, n, t0, t1), self.tiles)
+        env[self.output] = y
+
+
+@dataclass
+class Reference(Step):
+    """An op run by its numpy reference (pools, LRN, concat, softmax, ...)."""
+
+    layer: str
+    node: Node
+    consts: dict[str, np.ndarray]
+    run_node: Callable
+    planned_outputs: frozenset[str]
+
+    def run(self, env, arena, pool, threads):
+        args = [None if not t else self.consts[t] if t in self.consts else env[t]
+                for t in self.node.inputs]
+        results = self.run_node(self.node, args)
+        for name, value in zip(self.node.outputs, results):
+            if name in self.planned_outputs:
+                arena.views[name][...] = value
+                env[name] = arena.views[name]
+            else:
+                env[name] = value
+
+
+def scratch_array(floats: int) -> np.ndarray:
+    return aligned_empty(floats)

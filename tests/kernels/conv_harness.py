@@ -1,0 +1,140 @@
+"""A tester for the direct-conv kernel family: builds a layer from random weights of a given
+density, renders and compiles its kernel for a target, runs it on buffers that end at a
+PROT_NONE guard page (an over-read or over-write faults), and compares with the numpy reference.
+Pads and lanes the kernel must not touch are filled with a sentinel and checked afterwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from sparsejit import llvm, targets
+from sparsejit.codegen.direct_conv import kernel_symbol, render_direct_conv
+from sparsejit.kernels import select
+from sparsejit.kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, build_pattern,
+                                           input_extent)
+from sparsejit.kernels.layout import Layout
+from sparsejit.kernels.reference import conv2d
+from sparsejit.runtime.steps import ConvFn
+
+from ..tolerances import assert_close
+
+SENTINEL = np.float32(-12345.5)
+_libc = ctypes.CDLL(None, use_errno=True)
+_PAGE = mmap.PAGESIZE
+
+
+class GuardedBuffer:
+    """`floats` float32s, 64-byte aligned, ending (within 64 bytes) at an inaccessible page."""
+
+    def __init__(self, floats: int) -> None:
+        nbytes = -(-floats * 4 // 64) * 64
+        data_pages = -(-nbytes // _PAGE)
+        self._map = mmap.mmap(-1, (data_pages + 1) * _PAGE)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        guard = base + data_pages * _PAGE
+        if _libc.mprotect(ctypes.c_void_p(guard), _PAGE, 0) != 0:
+            raise OSError(ctypes.get_errno(), "mprotect failed")
+        offset = data_pages * _PAGE - nbytes
+        self.array = np.frombuffer(self._map, np.float32, floats, offset)
+
+
+@dataclass
+class ConvCase:
+    in_channels: int
+    height: int
+    width: int
+    out_channels: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    dilations: tuple[int, int] = (1, 1)
+    group: int = 1
+    batch: int = 1
+    density: float | str = 0.5  # or "one": a single nonzero
+    plan: dict = field(default_factory=dict)  # overrides of the default plan
+    activation: str = "relu"
+    out_pads: tuple[int, int, int, int] = (1, 2, 0, 1)  # the consumer's padding around the output
+    in_extra_pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # producer layout pads beyond the conv's
+
+    def workload(self) -> ConvWorkload:
+        return ConvWorkload(self.in_channels, self.height, self.width, self.out_channels,
+                            self.kernel, self.strides, self.pads, self.dilations, self.group)
+
+    def __str__(self) -> str:
+        return (f"C{self.in_channels}x{self.height}x{self.width}->M{self.out_channels} "
+                f"k{self.kernel} s{self.strides} p{self.pads} d{self.dilations} g{self.group} "
+                f"n{self.batch} density={self.density} plan={self.plan} act={self.activation}")
+
+
+def random_weights(case: ConvCase, rng: np.random.Generator) -> np.ndarray:
+    shape = (case.out_channels, case.in_channels // case.group, *case.kernel)
+    w = rng.standard_normal(shape).astype(np.float32)
+    if case.density == "one":
+        keep = np.zeros(w.size, bool)
+        keep[rng.integers(w.size)] = True
+        return (w.ravel() * keep).reshape(shape)
+    return w * (rng.random(shape) < float(case.density))
+
+
+def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
+    """Compile and check one case; returns the plan that ran. Fails with the seed in the message."""
+    rng = np.random.default_rng(seed)
+    tgt = targets.get(target_name)
+    wl = case.workload()
+    w = random_weights(case, rng)
+    bias = rng.standard_normal(case.out_channels).astype(np.float32)
+    x = rng.standard_normal((case.batch, case.in_channels, case.height, case.width)).astype(np.float32)
+    v = tgt.vector_width
+    plan = select.choose_conv(wl, w, tgt, case.plan)
+    if wl.strides[1] == 1:
+        pads = tuple(a + b for a, b in zip(case.pads, case.in_extra_pads))
+        in_layout = Layout.padded(wl.in_channels, wl.height, wl.width, pads, align=v)
+    else:
+        in_layout = wl.input_layout(v)
+    out_layout = Layout.padded(case.out_channels, wl.out_height, wl.out_width, case.out_pads, align=v)
+    pattern = build_pattern(w, wl, in_layout, plan)
+    assert pattern.entries == 0 or pattern.offsets.min() >= 0
+    ir = render_direct_conv("case", wl, plan, pattern, bias, Epilogue(case.activation, 0.1),
+                            in_layout, out_layout, tgt.name)
+    obj, _ = llvm.compile_object(ir, tgt, plan.codegen_opt)
+    lib = llvm.CodeLibrary(tgt)
+    lib.add_object(obj)
+    lib.finalize()
+    fn = ConvFn(lib.address(kernel_symbol("case", plan)))
+
+    n = case.batch
+    in_floats = (n - 1) * in_layout.image_stride + max(in_layout.image_stride,
+                                                        input_extent(wl, in_layout, plan, pattern))
+    src = GuardedBuffer(in_floats)
+    src.array[:] = 0
+    in_layout.write(src.array, x)
+    dst = GuardedBuffer(n * out_layout.image_stride)
+    dst.array[:] = SENTINEL
+    fn(src.array.ctypes.data, dst.array.ctypes.data, 0, n, 0, pattern.blocks)
+
+    expected = conv2d(x, w, bias, wl.strides, wl.pads, wl.dilations, wl.group)
+    if case.activation == "relu":
+        expected = np.maximum(expected, 0)
+    elif case.activation == "leaky_relu":
+        expected = np.where(expected < 0, expected * np.float32(0.1), expected)
+    got = np.array(out_layout.read(dst.array, n))
+    what = f"{case} on {target_name} [{plan.variant()}] seed={seed}"
+    assert_close(got, expected, what=what)
+    untouched = dst.array.copy()
+    out_layout.interior(untouched, n)[...] = SENTINEL
+    assert np.all(untouched == SENTINEL), f"kernel wrote outside the output interior: {what}"
+    del lib
+    return plan
+
+
+def runnable_targets() -> list[str]:
+    return [t for t in ("sse", "avx2", "avx512") if targets.can_run(targets.get(t))]
+
+
+def with_plan(case: ConvCase, **plan) -> ConvCase:
+    return replace(case, plan={**case.plan, **plan})

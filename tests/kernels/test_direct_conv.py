@@ -1,0 +1,137 @@
+"""The direct-conv kernel family against the numpy reference, on every target the host runs.
+
+Sweeps kernel sizes 1/3/5/7/11, strides 1/2/4, pads, dilations, groups incl. depthwise, batch 1
+and 3, densities 0 / one nonzero / 0.05 / 0.5 / 1, output widths below, at, above and at
+multiples of the vector width, both forms (table and unrolled), and blockings around the edges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+from .conv_harness import ConvCase, run_case, runnable_targets, with_plan
+
+TARGETS = runnable_targets()
+WIDTHS = {"sse": 4, "avx2": 8, "avx512": 16}
+
+
+def _width_cases(v: int) -> list[ConvCase]:
+    """3x3 pad-1 convs whose output width is below, at, above and a multiple of the vector."""
+    return [ConvCase(5, 6, w, 7, (3, 3), pads=(1, 1, 1, 1), density=0.5)
+            for w in sorted({1, v - 1, v, v + 1, 2 * v, 3 * v - 1})]
+
+
+SHAPES = [
+    # kernel sizes
+    ConvCase(3, 9, 11, 4, (1, 1)),
+    ConvCase(6, 13, 13, 8, (3, 3), pads=(1, 1, 1, 1)),
+    ConvCase(4, 12, 14, 5, (5, 5), pads=(2, 2, 2, 2)),
+    ConvCase(3, 15, 17, 4, (7, 7), strides=(2, 2), pads=(3, 3, 3, 3)),
+    ConvCase(3, 35, 35, 6, (11, 11), strides=(4, 4)),
+    # strides, asymmetric pads, rectangular kernels and strides
+    ConvCase(4, 14, 15, 6, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    ConvCase(4, 13, 21, 3, (3, 5), strides=(1, 2), pads=(0, 2, 1, 0)),
+    ConvCase(5, 16, 19, 4, (2, 3), strides=(4, 1), pads=(1, 0, 0, 2)),
+    # dilations
+    ConvCase(4, 15, 16, 5, (3, 3), pads=(2, 2, 2, 2), dilations=(2, 2)),
+    ConvCase(3, 17, 18, 4, (3, 3), strides=(2, 2), pads=(3, 1, 3, 1), dilations=(3, 1)),
+    # groups and depthwise
+    ConvCase(8, 11, 12, 12, (3, 3), pads=(1, 1, 1, 1), group=4),
+    ConvCase(6, 10, 10, 6, (3, 3), pads=(1, 1, 1, 1), group=6),
+    ConvCase(6, 10, 13, 12, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1), group=6),
+    # batch 3, and a layout whose pads exceed the conv's (shared by several consumers)
+    ConvCase(4, 9, 10, 5, (3, 3), pads=(1, 1, 1, 1), batch=3),
+    ConvCase(4, 9, 10, 5, (3, 3), pads=(0, 1, 0, 1), batch=3, in_extra_pads=(2, 1, 1, 3)),
+]
+
+DENSITIES = [0.0, "one", 0.05, 0.5, 1.0]
+
+
+def _ids(cases):
+    return [str(c) for c in cases]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("form", ["table", "unrolled"])
+@pytest.mark.parametrize("case", SHAPES, ids=_ids(SHAPES))
+def test_shapes(case, form, target):
+    seed = zlib.crc32(f"{case}{form}{target}".encode()) % 10_000
+    plan = run_case(with_plan(case, form=form), target, seed)
+    assert plan.form == form
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("density", DENSITIES, ids=str)
+@pytest.mark.parametrize("form", ["table", "unrolled"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_densities(density, form, batch, target):
+    case = ConvCase(6, 9, 19, 8, (3, 3), pads=(1, 1, 1, 1), batch=batch, density=density)
+    run_case(with_plan(case, form=form), target, seed=7 + batch)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_widths_around_vector(target):
+    for i, case in enumerate(_width_cases(WIDTHS[target])):
+        for form in ("table", "unrolled"):
+            run_case(with_plan(case, form=form), target, seed=100 + i)
+
+
+BLOCKINGS = [
+    dict(rows_per_tile=1, vectors_per_row=1, unroll=1),
+    dict(rows_per_tile=5, vectors_per_row=1, unroll=3),  # tiles past the last row
+    dict(rows_per_tile=2, vectors_per_row=3, unroll=2),  # tiles past the last vector
+    dict(rows_per_tile=1, vectors_per_row=1, unroll=4, split_accumulators=True),
+    dict(rows_per_tile=3, vectors_per_row=2, channels_per_block=4, unroll=1),  # union patterns
+    dict(rows_per_tile=2, vectors_per_row=1, channels_per_block=3, unroll=2),  # padded last block
+    dict(rows_per_tile=2, vectors_per_row=1, channels_per_block=2, codegen_opt=0),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("form", ["table", "unrolled"])
+@pytest.mark.parametrize("blocking", BLOCKINGS, ids=str)
+def test_blockings(blocking, form, target):
+    case = ConvCase(6, 11, 2 * WIDTHS[target] + 3, 8, (3, 3), pads=(1, 1, 1, 1), batch=2,
+                    density=0.3, plan=dict(blocking, form=form))
+    run_case(case, target, seed=11)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "leaky_relu"])
+def test_epilogues(activation):
+    case = ConvCase(4, 8, 9, 5, (3, 3), pads=(1, 1, 1, 1), density=0.5, activation=activation)
+    run_case(case, TARGETS[-1], seed=3)
+
+
+def test_random_mix():
+    """A seeded random sweep over the whole space (printed seed reproduces a failure)."""
+    rng = np.random.default_rng(2026)
+    for i in range(40):
+        k = int(rng.choice([1, 3, 5, 7]))
+        s = (int(rng.choice([1, 2, 4])), int(rng.choice([1, 2])))
+        d = (int(rng.choice([1, 2])), int(rng.choice([1, 3])))
+        group = int(rng.choice([1, 2, 3]))
+        cin, cout = group * int(rng.integers(1, 4)), group * int(rng.integers(1, 4))
+        pads = tuple(int(p) for p in rng.integers(0, k, 4))
+        h = int(rng.integers(d[0] * (k - 1) + 1, 24))
+        w = int(rng.integers(d[1] * (k - 1) + 1, 40))
+        case = ConvCase(cin, h, w, cout, (k, k), s, pads, d, group, int(rng.choice([1, 2])),
+                        density=float(rng.choice([0.05, 0.3, 1.0])),
+                        plan=dict(form=str(rng.choice(["table", "unrolled"])),
+                                  rows_per_tile=int(rng.integers(1, 5)),
+                                  vectors_per_row=int(rng.integers(1, 3)),
+                                  unroll=int(rng.integers(1, 4))))
+        target = TARGETS[i % len(TARGETS)]
+        run_case(case, target, seed=int(rng.integers(1 << 30)))
+
+
+def test_plan_sweep_is_complete():
+    """The sweep above covers what the kernel family claims (guards against silent shrinking)."""
+    kernels = {c.kernel[0] for c in SHAPES}
+    strides = {s for c in SHAPES for s in c.strides}
+    assert {1, 3, 5, 7, 11} <= kernels and {1, 2, 4} <= strides
+    assert any(c.group == c.in_channels == c.out_channels for c in SHAPES)  # depthwise
+    assert set(itertools.chain([0.0, 1.0, "one"])) <= set(DENSITIES)
