@@ -8,6 +8,7 @@ arena of buffers from a free list, so several Python threads can call one model 
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -121,6 +122,16 @@ class CompiledModel:
     # -- running --------------------------------------------------------------------------------
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Dict of inputs by graph input name -> dict of outputs by graph output name."""
+        return self._run(feeds, None)
+
+    def profile(self, feeds: dict[str, Any], repeats: int = 5) -> dict[str, float]:
+        """Median seconds per step (layer name -> s) over `repeats` runs."""
+        samples: dict[str, list[float]] = {}
+        for _ in range(repeats):
+            self._run(feeds, samples)
+        return {k: float(np.median(v)) for k, v in samples.items()}
+
+    def _run(self, feeds: dict[str, Any], times: dict[str, list[float]] | None):
         if not self._runnable:
             targets.require_runnable(self.target)
         feeds, batch = self._check_inputs(feeds)
@@ -129,12 +140,15 @@ class CompiledModel:
         try:
             env: dict[str, np.ndarray] = dict(feeds)
             for step in prog.steps:
+                start = time.perf_counter() if times is not None else 0.0
                 try:
                     step.run(env, arena, self._pool, self.threads)
                 except SparseJitError:
                     raise
                 except Exception as exc:  # name the layer that failed
                     raise SparseJitError(f"layer '{step.layer}' failed: {exc}") from exc
+                if times is not None:
+                    times.setdefault(step.layer, []).append(time.perf_counter() - start)
             return {name: np.array(env[name] if name in env else self.graph.const(name), copy=True)
                     for name in self.graph.outputs}
         finally:
