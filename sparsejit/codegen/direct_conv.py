@@ -9,7 +9,7 @@ import numpy as np
 
 from ..kernels.direct_conv import ConvWorkload, DirectConvPlan, Epilogue, Pattern, origin, tiles
 from ..kernels.layout import Layout
-from .render import float_list, float_literal, i32_list, render, splat, symbol
+from .render import byte_string, float_list, float_literal, i32_list, render, splat, symbol
 
 TEMPLATES = {"table": "conv_direct_table.ll.j2", "unrolled": "conv_direct_unrolled.ll.j2"}
 
@@ -58,10 +58,10 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         starts=i32_list(pattern.block_start),
         chan=i32_list(pattern.channels),
         bias=float_list(bias),
-        table=i32_list(table),
-        table_len=table.size,
-        weights=i32_list(pattern.weights),
-        weights_len=pattern.weights.size,
+        table=byte_string(table.astype("<i4")),
+        table_bytes=table.size * 4,
+        weights=byte_string(pattern.weights.astype("<f4")) if plan.form == "unrolled" else "",
+        weights_bytes=pattern.weights.size * 4,
         block_entries=_block_entries(pattern) if plan.form == "unrolled" else [],
         activation=epilogue.activation,
         alpha_vec=splat(v, f"float {float_literal(epilogue.alpha)}"),
@@ -69,7 +69,7 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         clip_max_vec=splat(v, f"float {float_literal(epilogue.clip_max)}"),
     )
     if plan.form == "unrolled" and pattern.weights.size == 0:
-        k.weights, k.weights_len = "i32 0", 1
+        k.weights, k.weights_bytes = "\\00\\00\\00\\00", 4
     return render(TEMPLATES[plan.form], k=k)
 
 

@@ -121,43 +121,54 @@ class Pattern:
 
 def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
                   plan: DirectConvPlan) -> Pattern:
-    """Offsets and weights per block of output channels, from the weight tensor [M, C/G, R, S]."""
+    """Offsets and weights per block of output channels, from the weight tensor [M, C/G, R, S].
+
+    Entries of a block are its union of nonzero positions in (c, r, s) order, padded with
+    zero-weight entries (at a valid offset) to whole loop iterations of the table form."""
     m_total, cg, kh, kw = weight.shape
     mg = m_total // workload.group
-    (dh, dw) = workload.dilations
+    dh, dw = workload.dilations
     mb = plan.channels_per_block
+    if workload.group > 1 and mg % mb:
+        # a block shares one offset list, so it must not straddle two groups' input channels
+        raise ValueError(f"channels_per_block={mb} must divide the {mg} output channels per group")
     blocks = -(-m_total // mb)
-    channels = np.full((blocks, mb), -1, np.int64)
-    starts = [0]
-    all_offsets: list[np.ndarray] = []
-    all_weights: list[np.ndarray] = []
-    for b in range(blocks):
-        members = np.arange(b * mb, min((b + 1) * mb, m_total))
-        channels[b, :len(members)] = members
-        block_w = weight[members]  # [k, cg, kh, kw]
-        nz = np.nonzero(np.any(block_w != 0, axis=0))  # union of positions, sorted by (c, r, s)
-        c_local, r, s = nz
-        c_abs = c_local + (members[0] // mg) * cg
-        # every member must be in the same group for the offsets to be shared
-        assert np.all(members // mg == members[0] // mg) or len(c_local) == 0, "block spans groups"
-        offs = (c_abs * layout.channel_stride + r * dh * layout.row_stride
-                + ((s * dw) % layout.phases) * layout.phase_width + (s * dw) // layout.phases)
-        w = np.zeros((len(offs), mb), np.float32)
-        w[:, :len(members)] = block_w[:, c_local, r, s].T
-        pad = (-len(offs)) % plan.unroll if plan.form == "table" else 0
-        if pad:  # pad to whole loop iterations with zero weights at a valid offset
-            offs = np.concatenate([offs, np.full(pad, offs[0] if len(offs) else 0)])
-            w = np.concatenate([w, np.zeros((pad, mb), np.float32)])
-        all_offsets.append(offs.astype(np.int64))
-        all_weights.append(w)
-        starts.append(starts[-1] + len(offs))
-    offsets = np.concatenate(all_offsets) if all_offsets else np.zeros(0, np.int64)
-    weights = np.concatenate(all_weights) if all_weights else np.zeros((0, mb), np.float32)
+    k = cg * kh * kw
+    w = np.zeros((blocks * mb, k), np.float32)
+    w[:m_total] = weight.reshape(m_total, k)
+    w_blocks = w.reshape(blocks, mb, k)
+    channels = np.arange(blocks * mb, dtype=np.int64).reshape(blocks, mb)
+    channels[channels >= m_total] = -1
+    # input offset of every local position (c, r, s), and each block's input-channel base
+    c_local, r, s = np.unravel_index(np.arange(k), (cg, kh, kw))
+    local = (c_local * layout.channel_stride + r * dh * layout.row_stride
+             + ((s * dw) % layout.phases) * layout.phase_width + (s * dw) // layout.phases)
+    group_of_block = (np.arange(blocks) * mb) // mg
+    base = group_of_block * cg * layout.channel_stride
+    block_idx, pos = np.nonzero(np.any(w_blocks != 0, axis=1))  # sorted by block, then position
+    counts = np.bincount(block_idx, minlength=blocks)
+    unroll = plan.unroll if plan.form == "table" else 1
+    padded = -(-counts // unroll) * unroll
+    starts = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
+    entries = int(starts[-1])
+    offsets = np.zeros(entries, np.int64)
+    weights = np.zeros((entries, mb), np.float32)
+    # place the real entries at the front of each block's (padded) range
+    first_real = np.concatenate([[0], np.cumsum(counts)])[:-1]
+    slot = starts[block_idx] + (np.arange(len(block_idx)) - first_real[block_idx])
+    offsets[slot] = base[block_idx] + local[pos]
+    weights[slot] = w_blocks[block_idx, :, pos]
+    # padding entries repeat the block's first offset (always a valid read) with zero weight
+    pad_mask = np.ones(entries, bool)
+    pad_mask[slot] = False
+    if pad_mask.any():
+        owner = np.searchsorted(starts, np.nonzero(pad_mask)[0], side="right") - 1
+        offsets[pad_mask] = np.where(counts[owner] > 0, offsets[starts[owner]], 0)
     h = hashlib.sha256()
-    for arr in (offsets, weights, channels):
+    for arr in (offsets, weights, channels, starts):
         h.update(np.ascontiguousarray(arr).tobytes())
-    return Pattern(np.asarray(starts, np.int64), offsets, weights, channels,
-                   int(np.count_nonzero(weight)), h.hexdigest()[:16])
+    return Pattern(starts, offsets, weights, channels, int(np.count_nonzero(weight)),
+                   h.hexdigest()[:16])
 
 
 def tiles(workload: ConvWorkload, plan: DirectConvPlan) -> tuple[int, int]:

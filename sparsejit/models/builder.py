@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from .pruning import WeightLayer, prune_by_magnitude
+from .pruning import WeightLayer, prune_in_place
 
 OPSET = 13
 BN_EPSILON = 1e-5
@@ -40,23 +40,27 @@ def pool_out(size: int, kernel: int, stride: int, pad: int, ceil: bool) -> int:
 
 def he_normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int) -> np.ndarray:
     """Gaussian weights with std sqrt(2 / fan_in), so ReLU nets keep their activation scale."""
+    std = np.float32(math.sqrt(2.0 / fan_in))
     w = rng.standard_normal(shape, dtype=np.float32)
-    w *= np.float32(math.sqrt(2.0 / fan_in))
+    w *= std
+    # float32 draws are exactly 0.0 about once in 8M; in a dense layer such an entry would
+    # read as a pruned weight, so it becomes a typical (nonzero) value instead.
+    w[w == 0] = std
     return w
 
 
-def prune_keeping_energy(w: np.ndarray, density: float) -> np.ndarray:
-    """Magnitude-prune `w`, then rescale the survivors to the dense tensor's L2 norm.
+def prune_keeping_energy(w: np.ndarray, density: float) -> None:
+    """Magnitude-prune `w` in place, then rescale the survivors to the dense tensor's L2 norm.
 
     Pruned nets are fine-tuned to recover their accuracy; without that step every pruned layer
     would shrink activations (by ~0.66x at 10 %) and deep nets would fade to zero.
     """
-    pruned = prune_by_magnitude(w, density)
-    dense_energy = float(np.dot(w.ravel(), w.ravel()))
-    kept_energy = float(np.dot(pruned.ravel(), pruned.ravel()))
+    flat = w.reshape(-1)
+    dense_energy = float(np.dot(flat, flat))
+    prune_in_place(flat, density)
+    kept_energy = float(np.dot(flat, flat))
     if kept_energy > 0.0:
-        pruned *= np.float32(math.sqrt(dense_energy / kept_energy))
-    return pruned
+        flat *= np.float32(math.sqrt(dense_energy / kept_energy))
 
 
 class NetBuilder:
@@ -80,7 +84,9 @@ class NetBuilder:
         self.materialize = materialize
         self.input_name = input_name
         self.nodes: list[onnx.NodeProto] = []
-        self.params: list[tuple[str, np.ndarray]] = []
+        # Weights go straight into the model proto as they are made, so only one tensor at a
+        # time also exists as an array (VGG-16 holds 550 MB of them).
+        self.proto = onnx.ModelProto()
         self.layers: list[WeightLayer] = []
         self.shapes: dict[str, tuple[int, ...]] = {input_name: tuple(input_shape)}
         self.last = input_name
@@ -129,7 +135,7 @@ class NetBuilder:
             mean = 0.1 * rng.standard_normal(channels)
             var = rng.uniform(0.5, 1.5, channels)
             for tensor, value in zip(inputs[1:], (gamma, beta, mean, var)):
-                self.params.append((tensor, value.astype(np.float32)))
+                self._initializer(tensor, value.astype(np.float32))
         return self._node("BatchNormalization", name, inputs, self.shapes[x], epsilon=BN_EPSILON)
 
     # ---- parameter-free layers -----------------------------------------------------------
@@ -186,24 +192,23 @@ class NetBuilder:
     # ---- output --------------------------------------------------------------------------
 
     def model(self, doc: str = "") -> onnx.ModelProto:
-        """The ONNX model whose single output is the last layer built."""
+        """The ONNX model whose single output is the last layer built; call it once."""
         def info(tensor: str) -> onnx.ValueInfoProto:
             dims = [self.batch, *self.shapes[tensor]]
             return helper.make_tensor_value_info(tensor, TensorProto.FLOAT, dims)
 
-        graph = helper.make_graph(self.nodes, self.name, [info(self.input_name)],
-                                  [info(self.last)], doc_string=doc)
+        # Filled in place rather than through make_graph/make_model, which copy their
+        # arguments, initializers included.
+        model = self.proto
         opset = helper.make_opsetid("", OPSET)
-        model = helper.make_model(graph, opset_imports=[opset], producer_name="sparsejit.models")
+        model.opset_import.append(opset)
         model.ir_version = helper.find_min_ir_version_for([opset])
-        # Initializers are added to the finished model in place: make_model copies its graph,
-        # and copying VGG-16's 550 MB of weights twice would double build time.
-        for tensor, value in self.params:
-            init = model.graph.initializer.add()
-            init.name = tensor
-            init.data_type = TensorProto.FLOAT
-            init.dims.extend(value.shape)
-            init.raw_data = value.tobytes()
+        model.producer_name = "sparsejit.models"
+        model.graph.name = self.name
+        model.graph.doc_string = doc
+        model.graph.node.extend(self.nodes)
+        model.graph.input.append(info(self.input_name))
+        model.graph.output.append(info(self.last))
         return model
 
     # ---- helpers -------------------------------------------------------------------------
@@ -241,13 +246,20 @@ class NetBuilder:
             w = he_normal(self._rng(tensor), shape, fan_in)
             density = self.densities.get(layer, 1.0)
             if density < 1.0:
-                w = prune_keeping_energy(w, density)
-            self.params.append((tensor, w))
+                prune_keeping_energy(w, density)
+            self._initializer(tensor, w)
         return tensor
 
     def _bias(self, layer: str, size: int) -> str:
         tensor = f"{layer}.bias"
         if self.materialize:
             bias = 0.01 * self._rng(tensor).standard_normal(size, dtype=np.float32)
-            self.params.append((tensor, bias))
+            self._initializer(tensor, bias)
         return tensor
+
+    def _initializer(self, tensor: str, value: np.ndarray) -> None:
+        init = self.proto.graph.initializer.add()
+        init.name = tensor
+        init.data_type = TensorProto.FLOAT
+        init.dims.extend(value.shape)
+        init.raw_data = value.astype("<f4", copy=False).tobytes()  # ONNX is little-endian

@@ -6,7 +6,7 @@ refer to them, e.g. cm.ir("conv3") or cm.ir("layer3.2.conv2").
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .builder import NetBuilder
 
