@@ -9,13 +9,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (CacheError, InputError, ModelError, SparseJitError, TargetError,
-                     UnsupportedError)
+from .errors import (
+    CacheError,
+    InputError,
+    ModelError,
+    SparseJitError,
+    TargetError,
+    UnsupportedError,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["compile", "CompiledModel", "onnx_backend", "SparseJitError", "ModelError",
-           "UnsupportedError", "InputError", "TargetError", "CacheError", "__version__"]
+__all__ = [
+    "CacheError",
+    "CompiledModel",
+    "InputError",
+    "ModelError",
+    "SparseJitError",
+    "TargetError",
+    "UnsupportedError",
+    "__version__",
+    "compile",
+    "onnx_backend",
+]
 
 
 def __getattr__(name: str) -> Any:

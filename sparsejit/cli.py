@@ -57,7 +57,8 @@ def cmd_targets(args: argparse.Namespace) -> int:
 
     for name in targets.names():
         t = targets.get(name)
-        runs = "runs here" if targets.can_run(t) else f"compile only (needs {', '.join(targets.missing_features(t))})"
+        missing = ", ".join(targets.missing_features(t))
+        runs = "runs here" if not missing else f"compile only (needs {missing})"
         print(f"{name:7s} cpu={t.cpu:15s} {t.vector_width:2d} x f32  {runs:12s}  {t.description}")
     return 0
 

@@ -8,7 +8,7 @@ object code (cached on disk by a content hash, see `objcache`) and assembly text
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
+from functools import cache
 
 import llvmlite
 import llvmlite.binding as llvm
@@ -49,7 +49,7 @@ def host_features() -> frozenset[str]:
     return frozenset(name for name, on in feats.items() if on)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _target_machine(cpu: str, features: str, opt: int) -> llvm.TargetMachine:
     return _new_target_machine(cpu, features, opt)
 

@@ -22,8 +22,7 @@ from .codegen.gemm import kernel_symbol as gemm_symbol
 from .codegen.gemm import render_gemm
 from .graph.ir import Graph, Node
 from .kernels import select
-from .kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, build_pattern,
-                                  input_extent)
+from .kernels.direct_conv import ConvWorkload, Epilogue, build_pattern, input_extent
 from .kernels.gemm import GemmWorkload, pack_weights
 from .kernels.layout import Layout
 from .kernels.reference import run_node

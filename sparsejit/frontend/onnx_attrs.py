@@ -7,7 +7,8 @@ an ONNX default or which opset moved what. Spatial ops get 2-D lists: pads as
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ def tensor_to_array(tensor: onnx.TensorProto, what: str) -> np.ndarray:
     """A TensorProto as a numpy array, with a ModelError naming `what` if it cannot be read."""
     try:
         return np.asarray(numpy_helper.to_array(tensor))
-    except Exception as exc:  # noqa: BLE001 - onnx raises many kinds; all mean a bad tensor
+    except Exception as exc:
         raise ModelError(f"cannot read {what}: {exc}") from None
 
 
@@ -113,8 +114,6 @@ def _conv(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
 def _maxpool(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
     if node.attrs.get("kernel_shape") is None:
         raise ModelError(f"{node.describe()}: MaxPool has no kernel_shape")
-    if node.attrs.get("storage_order", 0) != 0 and len(node.outputs) > 1:
-        raise UnsupportedError(f"{node.describe()}: MaxPool indices are not supported")
     return {**_window(node, None), "ceil_mode": int(node.attrs.get("ceil_mode", 0))}
 
 
@@ -246,7 +245,7 @@ def _cast(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
         raise ModelError(f"{node.describe()}: Cast has no 'to'")
     try:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))
-    except Exception:  # noqa: BLE001 - unknown or exotic element type
+    except Exception:
         raise UnsupportedError(f"{node.describe()}: Cast to type {to} is not supported") from None
     if dtype.kind not in "biuf":
         raise UnsupportedError(f"{node.describe()}: Cast to {dtype} is not supported")

@@ -8,7 +8,7 @@ conv's third input and the kernel adds it in the same epilogue.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .ir import Graph, Node
 

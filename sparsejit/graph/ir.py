@@ -8,8 +8,9 @@ inferred; a symbolic dimension is a str until the batch is bound.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import networkx as nx
 import numpy as np
@@ -92,6 +93,14 @@ class Graph:
             return None
         v = self.values.get(name)
         return None if v is None else v.const
+
+    def fresh_name(self, base: str) -> str:
+        """A tensor name not used yet in the graph: `base`, or `base_2`, `base_3`..."""
+        name, i = base, 1
+        while name in self.values:
+            i += 1
+            name = f"{base}_{i}"
+        return name
 
     def producer(self, tensor: str) -> Node | None:
         for node in self.nodes:

@@ -73,7 +73,7 @@ class DirectConvPlan:
 
     def __post_init__(self) -> None:
         assert self.form in ("table", "unrolled"), self.form
-        assert self.vector_width in (4, 8, 16), self.vector_width
+        assert self.vector_width in (1, 4, 8, 16), self.vector_width
         assert self.rows_per_tile >= 1 and self.vectors_per_row >= 1 and self.unroll >= 1
         assert self.channels_per_block >= 1
 

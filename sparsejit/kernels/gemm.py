@@ -1,8 +1,8 @@
 """Dense fully connected layers: the workload, the blocking plan and the packed weights.
 
-Y[N][M] = act(X[N][C] @ W^T + bias), with W^T packed once at compile time into rows of Mp floats
-(M rounded up to a whole tile of vectors, zero-filled) so every weight load is aligned and in
-bounds. Pruned FC layers do not come here: they run on the direct sparse kernel (see select.py).
+Y[N][M] = act(X[N][C] @ W^T + bias), with W packed once at compile time tile by tile (M rounded
+up to whole tiles of vectors, zero-filled) so every weight load is aligned, in bounds and
+sequential. Pruned FC layers do not come here: they run on the direct sparse kernel (see select.py).
 """
 
 from __future__ import annotations
@@ -38,11 +38,16 @@ class GemmPlan:
 
 
 def pack_weights(weight_mc: np.ndarray, plan: GemmPlan) -> np.ndarray:
-    """W[M][C] -> W^T[C][Mp] float32, 64-byte aligned, zero padded."""
+    """W[M][C] -> tile-major [tiles][C][CB*V] float32, 64-byte aligned, zero padded, so the
+    kernel streams each tile's weights sequentially (row-major W^T jumped Mp floats per step,
+    a new page every few iterations, and ran at half the bandwidth)."""
     m, c = weight_mc.shape
     from ..runtime.buffers import aligned_empty
 
-    packed = aligned_empty(c * plan.padded_features(m))
-    packed[:] = 0
-    packed.reshape(c, -1)[:, :m] = weight_mc.T
+    width = plan.vector_width * plan.vectors_per_tile
+    tiles = plan.tiles(m)
+    padded = np.zeros((tiles * width, c), np.float32)
+    padded[:m] = weight_mc
+    packed = aligned_empty(tiles * c * width)
+    packed.reshape(tiles, c, width)[...] = padded.reshape(tiles, width, c).transpose(0, 2, 1)
     return packed

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class CompiledModel:
             if not isinstance(x, np.ndarray):
                 try:
                     x = np.asarray(x)
-                except Exception as exc:  # noqa: BLE001 - any failure to convert is bad input
+                except Exception as exc:
                     raise InputError(f"input '{name}': cannot convert {type(x).__name__} to an "
                                      f"array ({exc})") from None
             want = np.dtype(value.dtype)

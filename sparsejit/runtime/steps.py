@@ -9,9 +9,9 @@ thread pool splits a layer's channel blocks across cores); reference steps run n
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 

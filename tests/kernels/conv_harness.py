@@ -15,8 +15,13 @@ import numpy as np
 from sparsejit import llvm, targets
 from sparsejit.codegen.direct_conv import kernel_symbol, render_direct_conv
 from sparsejit.kernels import select
-from sparsejit.kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, build_pattern,
-                                           input_extent)
+from sparsejit.kernels.direct_conv import (
+    ConvWorkload,
+    DirectConvPlan,
+    Epilogue,
+    build_pattern,
+    input_extent,
+)
 from sparsejit.kernels.layout import Layout
 from sparsejit.kernels.reference import conv2d
 from sparsejit.runtime.steps import ConvFn
