@@ -14,15 +14,12 @@ import numpy as np
 
 
 def _template_dir() -> Path:
-    try:  # installed: templates/ ships as the data package sparsejit.templates
-        from importlib.resources import files
-
-        path = Path(str(files("sparsejit.templates")))
-        if path.is_dir() and any(path.glob("*.j2")):
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "templates"
+    """templates/ installed inside the package (sparsejit/templates), else the source tree's."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "templates", package.parent / "templates"):
+        if any(candidate.glob("*.ll.j2")):
+            return candidate
+    raise FileNotFoundError(f"sparsejit templates not found next to {package}")
 
 
 @lru_cache(maxsize=1)
