@@ -1,0 +1,89 @@
+"""Shared helpers of the benchmark scripts: fair environment, timing, single-layer models, peers."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def fair_environment(threads: int) -> None:
+    """OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set on these machines and slow numpy's BLAS;
+    unset both in this process (never in tests) and pin every engine's thread count. Must run
+    before numpy / onnxruntime / torch are imported by the caller's peers."""
+    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        os.environ.pop(var, None)
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 30, min_time: float = 0.2) -> float:
+    """Median of `repeats` timed calls (at least `min_time` s of calls), after a warm-up."""
+    fn()
+    times: list[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_time:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+        if len(times) > 20 * repeats:
+            break
+    return float(np.median(times))
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return info
+
+
+def save(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def im2col_conv(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group) -> np.ndarray:
+    """Dense conv the classic way: im2col (a strided view, then one copy) + one BLAS GEMM per group."""
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    p = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
+    q = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    out = np.empty((n, m, p, q), np.float32)
+    mg = m // group
+    for b in range(n):
+        for g in range(group):
+            xs = xp[b, g * cg:(g + 1) * cg]
+            cols = np.empty((cg, kh, kw, p, q), np.float32)
+            for r in range(kh):
+                for s in range(kw):
+                    r0, s0 = r * dilations[0], s * dilations[1]
+                    cols[:, r, s] = xs[:, r0:r0 + strides[0] * (p - 1) + 1:strides[0],
+                                       s0:s0 + strides[1] * (q - 1) + 1:strides[1]]
+            out[b, g * mg:(g + 1) * mg] = (w[g * mg:(g + 1) * mg].reshape(mg, -1)
+                                           @ cols.reshape(cg * kh * kw, p * q)).reshape(mg, p, q)
+    return out
