@@ -6,8 +6,8 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -39,8 +39,7 @@ def median_seconds(fn: Callable[[], object], repeats: int = 30, min_time: float 
 
 
 def machine() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count()}
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -60,8 +59,9 @@ def save(name: str, payload: dict) -> Path:
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             for r in rows]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -77,13 +77,17 @@ def im2col_conv(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group) -
     mg = m // group
     for b in range(n):
         for g in range(group):
-            xs = xp[b, g * cg:(g + 1) * cg]
+            xs = xp[b, g * cg : (g + 1) * cg]
             cols = np.empty((cg, kh, kw, p, q), np.float32)
             for r in range(kh):
                 for s in range(kw):
                     r0, s0 = r * dilations[0], s * dilations[1]
-                    cols[:, r, s] = xs[:, r0:r0 + strides[0] * (p - 1) + 1:strides[0],
-                                       s0:s0 + strides[1] * (q - 1) + 1:strides[1]]
-            out[b, g * mg:(g + 1) * mg] = (w[g * mg:(g + 1) * mg].reshape(mg, -1)
-                                           @ cols.reshape(cg * kh * kw, p * q)).reshape(mg, p, q)
+                    cols[:, r, s] = xs[
+                        :,
+                        r0 : r0 + strides[0] * (p - 1) + 1 : strides[0],
+                        s0 : s0 + strides[1] * (q - 1) + 1 : strides[1],
+                    ]
+            out[b, g * mg : (g + 1) * mg] = (
+                w[g * mg : (g + 1) * mg].reshape(mg, -1) @ cols.reshape(cg * kh * kw, p * q)
+            ).reshape(mg, p, q)
     return out

@@ -25,7 +25,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--layers", default="", help="comma-separated layer names (default: every conv)")
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--plan", default="", help='JSON plan override for every layer, e.g. \'{"form": "table"}\'')
+    ap.add_argument(
+        "--plan", default="", help='JSON plan override for every layer, e.g. \'{"form": "table"}\''
+    )
     args = ap.parse_args()
     fair_environment(args.threads)
     run(args)
@@ -62,8 +64,21 @@ def run(args) -> None:
     except ImportError:
         torch = None
 
-    rows = [["layer", "shape", "density", "sparsejit ms", "kernel", "nz GF/s", "dense-eq GF/s",
-             "ort ms", "numpy ms"] + (["torch ms", "torch cl ms"] if torch else []) + ["vs best dense"]]
+    rows = [
+        [
+            "layer",
+            "shape",
+            "density",
+            "sparsejit ms",
+            "kernel",
+            "nz GF/s",
+            "dense-eq GF/s",
+            "ort ms",
+            "numpy ms",
+        ]
+        + (["torch ms", "torch cl ms"] if torch else [])
+        + ["vs best dense"]
+    ]
     results = []
     rng = np.random.default_rng(0)
     for node in g.topo_order():
@@ -71,20 +86,36 @@ def run(args) -> None:
             continue
         x_shape = g.value(node.inputs[0]).static_shape()
         w = g.const(node.inputs[1]).astype(np.float32)
-        b = g.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(w.shape[0], np.float32)
+        b = (
+            g.const(node.inputs[2])
+            if len(node.inputs) > 2 and node.inputs[2]
+            else np.zeros(w.shape[0], np.float32)
+        )
         attrs = {k: node.attrs[k] for k in ("strides", "dilations", "group")}
         pads = list(node.attrs["pads"])
         onnx_pads = [pads[0], pads[1], pads[2], pads[3]]
-        conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], name=node.name, pads=onnx_pads,
-                                kernel_shape=list(w.shape[2:]), **attrs)
-        graph = helper.make_graph([conv], node.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-                                  [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b.astype(np.float32), "b")])
+        conv = helper.make_node(
+            "Conv",
+            ["x", "w", "b"],
+            ["y"],
+            name=node.name,
+            pads=onnx_pads,
+            kernel_shape=list(w.shape[2:]),
+            **attrs,
+        )
+        graph = helper.make_graph(
+            [conv],
+            node.name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b.astype(np.float32), "b")],
+        )
         layer_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9)
         x = rng.standard_normal(x_shape).astype(np.float32)
 
-        cm = sparsejit.compile(layer_model, threads=args.threads,
-                               plans={node.name: override} if override else None)
+        cm = sparsejit.compile(
+            layer_model, threads=args.threads, plans={node.name: override} if override else None
+        )
         info = cm.layers[0]
         step = next(s for s in cm.program(args.batch).steps if s.layer == node.name)
         arena = cm.program(args.batch).new_arena()
@@ -92,7 +123,10 @@ def run(args) -> None:
         cm.program(args.batch).steps[0].run(env, arena, cm._pool, cm.threads)
         t_sj = median_seconds(lambda: step.run(env, arena, cm._pool, cm.threads), args.repeats)
         y = cm(x)
-        ref = im2col_conv(x, w, node.attrs["strides"], pads, node.attrs["dilations"], node.attrs["group"]) + b[None, :, None, None]
+        ref = (
+            im2col_conv(x, w, node.attrs["strides"], pads, node.attrs["dilations"], node.attrs["group"])
+            + b[None, :, None, None]
+        )
         err = float(np.abs(y - ref).max() / max(1e-6, np.abs(ref).max()))
         assert err < 1e-3, f"{node.name}: sparsejit differs from im2col by {err}"
 
@@ -100,11 +134,16 @@ def run(args) -> None:
         if ort is not None:
             so = ort.SessionOptions()
             so.intra_op_num_threads = args.threads
-            sess = ort.InferenceSession(layer_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(
+                layer_model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+            )
             peers["ort"] = median_seconds(lambda: sess.run(None, {"x": x}), args.repeats)
-        peers["numpy"] = median_seconds(lambda: im2col_conv(x, w, node.attrs["strides"], pads,
-                                                            node.attrs["dilations"], node.attrs["group"]),
-                                        max(5, args.repeats // 3))
+        peers["numpy"] = median_seconds(
+            lambda: im2col_conv(
+                x, w, node.attrs["strides"], pads, node.attrs["dilations"], node.attrs["group"]
+            ),
+            max(5, args.repeats // 3),
+        )
         if torch is not None:
             import torch.nn.functional as F
 
@@ -113,33 +152,68 @@ def run(args) -> None:
 
             def torch_conv(xx, ww):
                 with torch.no_grad():
-                    return F.conv2d(F.pad(xx, tpad), ww, None, tuple(attrs["strides"]), 0,
-                                    tuple(attrs["dilations"]), attrs["group"])
+                    return F.conv2d(
+                        F.pad(xx, tpad),
+                        ww,
+                        None,
+                        tuple(attrs["strides"]),
+                        0,
+                        tuple(attrs["dilations"]),
+                        attrs["group"],
+                    )
+
             peers["torch"] = median_seconds(lambda: torch_conv(tx, tw), args.repeats)
             txc, twc = tx.to(memory_format=torch.channels_last), tw.to(memory_format=torch.channels_last)
             peers["torch_cl"] = median_seconds(lambda: torch_conv(txc, twc), args.repeats)
         best = min(peers.values())
         flops = 2 * info.nonzeros * (int(np.prod(y.shape)) // w.shape[0])
         dense_flops = info.dense_flops
-        rows.append([node.name, "x".join(map(str, x_shape[1:])) + f"->{w.shape[0]} k{w.shape[2]} s{attrs['strides'][0]}"
-                     + (f" g{attrs['group']}" if attrs['group'] > 1 else ""),
-                     f"{info.density:.3f}", f"{t_sj * 1e3:.3f}", info.kernel.split(" ", 1)[1][:26],
-                     f"{flops / t_sj / 1e9:.1f}", f"{dense_flops / t_sj / 1e9:.1f}",
-                     f"{peers.get('ort', float('nan')) * 1e3:.3f}", f"{peers['numpy'] * 1e3:.3f}"]
-                    + ([f"{peers['torch'] * 1e3:.3f}", f"{peers['torch_cl'] * 1e3:.3f}"] if torch else [])
-                    + [f"{best / t_sj:.2f}x"])
-        results.append({"layer": node.name, "input": x_shape, "weight": list(w.shape), **attrs, "pads": pads,
-                        "density": info.density, "nonzeros": info.nonzeros, "kernel": info.kernel,
-                        "sparsejit_s": t_sj, "peers_s": peers, "speedup_vs_best_dense": best / t_sj,
-                        "nonzero_gflops": flops / t_sj / 1e9, "dense_equiv_gflops": dense_flops / t_sj / 1e9})
+        rows.append(
+            [
+                node.name,
+                "x".join(map(str, x_shape[1:]))
+                + f"->{w.shape[0]} k{w.shape[2]} s{attrs['strides'][0]}"
+                + (f" g{attrs['group']}" if attrs["group"] > 1 else ""),
+                f"{info.density:.3f}",
+                f"{t_sj * 1e3:.3f}",
+                info.kernel.split(" ", 1)[1][:26],
+                f"{flops / t_sj / 1e9:.1f}",
+                f"{dense_flops / t_sj / 1e9:.1f}",
+                f"{peers.get('ort', float('nan')) * 1e3:.3f}",
+                f"{peers['numpy'] * 1e3:.3f}",
+            ]
+            + ([f"{peers['torch'] * 1e3:.3f}", f"{peers['torch_cl'] * 1e3:.3f}"] if torch else [])
+            + [f"{best / t_sj:.2f}x"]
+        )
+        results.append(
+            {
+                "layer": node.name,
+                "input": x_shape,
+                "weight": list(w.shape),
+                **attrs,
+                "pads": pads,
+                "density": info.density,
+                "nonzeros": info.nonzeros,
+                "kernel": info.kernel,
+                "sparsejit_s": t_sj,
+                "peers_s": peers,
+                "speedup_vs_best_dense": best / t_sj,
+                "nonzero_gflops": flops / t_sj / 1e9,
+                "dense_equiv_gflops": dense_flops / t_sj / 1e9,
+            }
+        )
         cm.close()
-    print(f"{args.model} ({args.sparsity}), batch {args.batch}, {args.threads} thread(s); medians of {args.repeats} runs")
+    print(f"{args.model} ({args.sparsity}), batch {args.batch}, {args.threads} thread(s); "
+          f"medians of {args.repeats} runs")
     print(table(rows))
     speedups = [r["speedup_vs_best_dense"] for r in results]
     if speedups:
-        print(f"geometric mean speedup over the best dense peer: {float(np.exp(np.mean(np.log(speedups)))):.2f}x")
-    path = save(f"layers-{args.model}-{args.sparsity}-b{args.batch}-t{args.threads}",
-                {"machine": machine(), "args": vars(args), "layers": results})
+        geomean = float(np.exp(np.mean(np.log(speedups))))
+        print(f"geometric mean speedup over the best dense peer: {geomean:.2f}x")
+    path = save(
+        f"layers-{args.model}-{args.sparsity}-b{args.batch}-t{args.threads}",
+        {"machine": machine(), "args": vars(args), "layers": results},
+    )
     print(f"wrote {path}")
 
 

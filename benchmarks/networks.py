@@ -19,7 +19,9 @@ from common import fair_environment  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="caffenet,resnet50,vgg16,googlenet")
-    ap.add_argument("--sparsity", default="", help="plan for all models (default: seed for caffenet, all otherwise)")
+    ap.add_argument(
+        "--sparsity", default="", help="plan for all models (default: seed for caffenet, all otherwise)"
+    )
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=20)
@@ -49,8 +51,14 @@ def run(args) -> None:
         compile_s = time.perf_counter() - start
         x = np.random.default_rng(0).standard_normal(cm.input_shape("data")).astype(np.float32)
         t_sj = median_seconds(lambda: cm(x), args.repeats)
-        entry = {"model": name, "sparsity": sparsity, "batch": args.batch, "threads": args.threads,
-                 "compile_s": compile_s, "sparsejit_s": t_sj}
+        entry = {
+            "model": name,
+            "sparsity": sparsity,
+            "batch": args.batch,
+            "threads": args.threads,
+            "compile_s": compile_s,
+            "sparsejit_s": t_sj,
+        }
         t_ort, err = float("nan"), float("nan")
         if ort is not None:
             so = ort.SessionOptions()
@@ -60,14 +68,26 @@ def run(args) -> None:
             err = float(np.abs(cm(x) - y_ort).max() / max(1e-30, np.abs(y_ort).max()))
             t_ort = median_seconds(lambda: sess.run(None, {"data": x}), args.repeats)
             entry.update(ort_s=t_ort, max_rel_err=err)
-        rows.append([name, sparsity, f"{compile_s:.1f}", f"{t_sj * 1e3:.2f}", f"{args.batch / t_sj:.1f}",
-                     f"{t_ort * 1e3:.2f}", f"{t_ort / t_sj:.2f}x", f"{err:.1e}"])
+        rows.append(
+            [
+                name,
+                sparsity,
+                f"{compile_s:.1f}",
+                f"{t_sj * 1e3:.2f}",
+                f"{args.batch / t_sj:.1f}",
+                f"{t_ort * 1e3:.2f}",
+                f"{t_ort / t_sj:.2f}x",
+                f"{err:.1e}",
+            ]
+        )
         results.append(entry)
         cm.close()
     print(f"batch {args.batch}, {args.threads} thread(s); medians of {args.repeats} runs")
     print(table(rows))
-    path = save(f"networks-b{args.batch}-t{args.threads}", {"machine": machine(), "args": vars(args),
-                                                            "results": results})
+    path = save(
+        f"networks-b{args.batch}-t{args.threads}",
+        {"machine": machine(), "args": vars(args), "results": results},
+    )
     print(f"wrote {path}")
 
 
