@@ -55,7 +55,9 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         out_origin=out_layout.pad_top * out_layout.row_stride + out_layout.pad_left,
         iota=", ".join(f"i64 {i}" for i in range(v)),
         Qvec=splat(v, f"i64 {workload.out_width}"),
-        starts=i32_list(pattern.block_start),
+        starts=i32_list(pattern.segment_start),
+        NCH=pattern.chunks,
+        order=plan.loop_order,
         chan=i32_list(pattern.channels),
         bias=float_list(bias),
         table=byte_string(table.astype("<i4")),
@@ -75,6 +77,6 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
 
 def _block_entries(pattern: Pattern) -> list[list[tuple[int, int]]]:
     """Per block, (entry index, input offset) pairs: the unrolled form's immediates."""
-    return [[(e, int(pattern.offsets[e])) for e in range(int(pattern.block_start[b]),
-                                                          int(pattern.block_start[b + 1]))]
+    starts = pattern.segment_start
+    return [[(e, int(pattern.offsets[e])) for e in range(int(starts[b]), int(starts[b + 1]))]
             for b in range(pattern.blocks)]

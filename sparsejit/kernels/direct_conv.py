@@ -69,10 +69,16 @@ class DirectConvPlan:
     channels_per_block: int = 1  # output channels sharing one offset list
     unroll: int = 2  # table form: nonzeros per loop iteration
     split_accumulators: bool = False  # one accumulator set per unrolled nonzero (short tiles)
+    channel_chunk: int = 0  # table form: input channels (per group) per pass; 0 = all in one pass
+    loop_order: str = "block_tile"  # table form: channel blocks outside tiles, or "tile_block"
     codegen_opt: int = 2
 
     def __post_init__(self) -> None:
         assert self.form in ("table", "unrolled"), self.form
+        assert self.loop_order in ("block_tile", "tile_block"), self.loop_order
+        assert self.channel_chunk >= 0
+        assert self.form == "table" or (self.channel_chunk == 0 and self.loop_order == "block_tile"), \
+            "the unrolled form runs one pass in block-tile order"
         assert self.vector_width in (1, 4, 8, 16), self.vector_width
         assert self.rows_per_tile >= 1 and self.vectors_per_row >= 1 and self.unroll >= 1
         assert self.channels_per_block >= 1
@@ -85,8 +91,16 @@ class DirectConvPlan:
     def variant(self) -> str:
         """Names the variant in kernel symbols, e.g. table_v16_r4x1_m1_u2."""
         split = "s" if self.split_accumulators else ""
+        chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
+        order = "_tb" if self.loop_order == "tile_block" else ""
         return (f"{self.form}_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_row}"
-                f"_m{self.channels_per_block}_u{self.unroll}{split}")
+                f"_m{self.channels_per_block}_u{self.unroll}{split}{chunk}{order}")
+
+    def chunks(self, channels_per_group: int) -> int:
+        """Passes over the input channels (each adds into the output's partial sums)."""
+        if self.channel_chunk == 0 or self.channel_chunk >= channels_per_group:
+            return 1
+        return -(-channels_per_group // self.channel_chunk)
 
 
 @dataclass(frozen=True)
@@ -101,18 +115,21 @@ class Epilogue:
 
 @dataclass
 class Pattern:
-    """The baked sparsity of a layer for one plan: per block, offsets and weights."""
+    """The baked sparsity of a layer for one plan. Entries are grouped in segments, one per
+    (input-channel chunk, block of output channels), in the order the kernel visits them:
+    segment `chunk * blocks + block` spans entries [segment_start[s], segment_start[s + 1])."""
 
-    block_start: np.ndarray  # int64 [blocks + 1] into the entries
+    segment_start: np.ndarray  # int64 [chunks * blocks + 1] into the entries
     offsets: np.ndarray  # int64 [entries]: input float offset per entry
     weights: np.ndarray  # float32 [entries, channels_per_block]
     channels: np.ndarray  # int64 [blocks, channels_per_block]: output channel, -1 = none
     nonzeros: int  # true nonzeros of the weight tensor
+    chunks: int = 1
     digest: str = field(default="")
 
     @property
     def blocks(self) -> int:
-        return len(self.block_start) - 1
+        return len(self.channels)
 
     @property
     def entries(self) -> int:
@@ -146,16 +163,21 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     group_of_block = (np.arange(blocks) * mb) // mg
     base = group_of_block * cg * layout.channel_stride
     block_idx, pos = np.nonzero(np.any(w_blocks != 0, axis=1))  # sorted by block, then position
-    counts = np.bincount(block_idx, minlength=blocks)
+    chunks = plan.chunks(cg)
+    chunk_size = -(-cg // chunks)
+    segment = (c_local[pos] // chunk_size) * blocks + block_idx
+    order = np.argsort(segment, kind="stable")  # by segment, (c, r, s) order kept within one
+    block_idx, pos, segment = block_idx[order], pos[order], segment[order]
+    counts = np.bincount(segment, minlength=chunks * blocks)
     unroll = plan.unroll if plan.form == "table" else 1
     padded = -(-counts // unroll) * unroll
     starts = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
     entries = int(starts[-1])
     offsets = np.zeros(entries, np.int64)
     weights = np.zeros((entries, mb), np.float32)
-    # place the real entries at the front of each block's (padded) range
+    # place the real entries at the front of each segment's (padded) range
     first_real = np.concatenate([[0], np.cumsum(counts)])[:-1]
-    slot = starts[block_idx] + (np.arange(len(block_idx)) - first_real[block_idx])
+    slot = starts[segment] + (np.arange(len(segment)) - first_real[segment])
     offsets[slot] = base[block_idx] + local[pos]
     weights[slot] = w_blocks[block_idx, :, pos]
     # padding entries repeat the block's first offset (always a valid read) with zero weight
@@ -167,7 +189,7 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     h = hashlib.sha256()
     for arr in (offsets, weights, channels, starts):
         h.update(np.ascontiguousarray(arr).tobytes())
-    return Pattern(starts, offsets, weights, channels, int(np.count_nonzero(weight)),
+    return Pattern(starts, offsets, weights, channels, int(np.count_nonzero(weight)), chunks,
                    h.hexdigest()[:16])
 
 

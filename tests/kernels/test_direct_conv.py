@@ -89,6 +89,14 @@ BLOCKINGS = [
     dict(rows_per_tile=2, vectors_per_row=1, channels_per_block=3, unroll=2),  # padded last block
     dict(rows_per_tile=2, vectors_per_row=1, channels_per_block=2, codegen_opt=0),
 ]
+# table form only: input-channel passes (partial sums through the output) and loop orders
+TABLE_BLOCKINGS = [
+    dict(rows_per_tile=3, vectors_per_row=1, channel_chunk=2, unroll=2),
+    dict(rows_per_tile=2, vectors_per_row=2, channel_chunk=4, loop_order="tile_block"),
+    dict(rows_per_tile=4, vectors_per_row=1, channel_chunk=5, channels_per_block=2, unroll=3,
+         split_accumulators=True),
+    dict(rows_per_tile=1, vectors_per_row=3, loop_order="tile_block"),
+]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -98,6 +106,16 @@ def test_blockings(blocking, form, target):
     case = ConvCase(6, 11, 2 * WIDTHS[target] + 3, 8, (3, 3), pads=(1, 1, 1, 1), batch=2,
                     density=0.3, plan=dict(blocking, form=form))
     run_case(case, target, seed=11)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("blocking", TABLE_BLOCKINGS, ids=str)
+@pytest.mark.parametrize("group", [1, 2])
+def test_channel_passes(blocking, group, target):
+    case = ConvCase(12, 9, WIDTHS[target] + 5, 8, (3, 3), pads=(1, 1, 1, 1), group=group, batch=2,
+                    density=0.4, plan=dict(blocking, form="table"))
+    plan = run_case(case, target, seed=13)
+    assert plan.channel_chunk == blocking.get("channel_chunk", 0)
 
 
 @pytest.mark.parametrize("activation", ["none", "relu", "leaky_relu"])
@@ -124,6 +142,9 @@ def test_random_mix():
                                   rows_per_tile=int(rng.integers(1, 5)),
                                   vectors_per_row=int(rng.integers(1, 3)),
                                   unroll=int(rng.integers(1, 4))))
+        if case.plan["form"] == "table":
+            case.plan.update(channel_chunk=int(rng.choice([0, 1, 2])),
+                             loop_order=str(rng.choice(["block_tile", "tile_block"])))
         target = TARGETS[i % len(TARGETS)]
         run_case(case, target, seed=int(rng.integers(1 << 30)))
 
