@@ -26,7 +26,7 @@ def kernel_ir(width: int, load: str) -> str:
     """A loop of CHAINS independent FMA chains; per FMA, optionally one vector load."""
     vt = f"<{width} x float>"
     lines = [f"declare {vt} @llvm.fmuladd.v{width}f32({vt}, {vt}, {vt})",
-             f"define void @peak(ptr %buf, i64 %iters, ptr %out) {{",
+             "define void @peak(ptr %buf, i64 %iters, ptr %out) {",
              "entry:", "  br label %loop", "loop:", "  %i = phi i64 [0, %entry], [%i.next, %loop]"]
     for c in range(CHAINS):
         lines.append(f"  %a{c} = phi {vt} [zeroinitializer, %entry], [%b{c}, %loop]")

@@ -173,8 +173,8 @@ class _Builder:
         x, y = node.inputs[0], node.outputs[0]
         pack = None
         in_layout = layouts[x]
-        if wl.strides[1] != 1:
-            pack = in_layout = wl.input_layout(tgt.vector_width)
+        if wl.strides[1] != 1 or plan.aligned_copies:
+            pack = in_layout = wl.input_layout(tgt.vector_width, shifted=plan.aligned_copies)
         pattern = build_pattern(weight, wl, in_layout, plan)
         info = LayerInfo(node.name, node.op, f"direct {plan.variant()}", self.shape(x),
                          self.shape(y), select.density(weight), pattern.nonzeros,

@@ -52,10 +52,16 @@ class ConvWorkload:
         cg = self.in_channels // self.group
         return 2 * self.out_channels * cg * self.kernel[0] * self.kernel[1] * self.out_height * self.out_width
 
-    def input_layout(self, vector_width: int) -> Layout:
-        """The padded, phase-split input layout this conv reads (rows padded for the last tile)."""
+    def column_shifts(self) -> int:
+        """Distinct phase-column offsets of the kernel's columns: (s * dw) // sw for s < kw."""
+        return (self.kernel[1] - 1) * self.dilations[1] // self.strides[1] + 1
+
+    def input_layout(self, vector_width: int, shifted: bool = False) -> Layout:
+        """The padded, phase-split input layout this conv packs its input into; with `shifted`,
+        one copy per column shift so that every input load is vector-aligned."""
         return Layout.padded(self.in_channels, self.height, self.width, self.pads,
-                             phases=self.strides[1], align=vector_width)
+                             phases=self.strides[1], align=vector_width,
+                             shifts=self.column_shifts() if shifted else 1)
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class DirectConvPlan:
     split_accumulators: bool = False  # one accumulator set per unrolled nonzero (short tiles)
     channel_chunk: int = 0  # table form: input channels (per group) per pass; 0 = all in one pass
     loop_order: str = "block_tile"  # table form: channel blocks outside tiles, or "tile_block"
+    aligned_copies: bool = False  # pack one input copy per column shift: all loads aligned
     codegen_opt: int = 2
 
     def __post_init__(self) -> None:
@@ -93,8 +100,9 @@ class DirectConvPlan:
         split = "s" if self.split_accumulators else ""
         chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
         order = "_tb" if self.loop_order == "tile_block" else ""
+        aligned = "_a" if self.aligned_copies else ""
         return (f"{self.form}_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_row}"
-                f"_m{self.channels_per_block}_u{self.unroll}{split}{chunk}{order}")
+                f"_m{self.channels_per_block}_u{self.unroll}{split}{chunk}{order}{aligned}")
 
     def chunks(self, channels_per_group: int) -> int:
         """Passes over the input channels (each adds into the output's partial sums)."""
@@ -158,8 +166,12 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     channels[channels >= m_total] = -1
     # input offset of every local position (c, r, s), and each block's input-channel base
     c_local, r, s = np.unravel_index(np.arange(k), (cg, kh, kw))
+    shift = (s * dw) // layout.phases
+    if layout.shifts > 1:  # read copy `shift` at column 0: aligned
+        assert layout.shifts > shift.max(), (layout, workload)
+        shift = shift * layout.shift_stride
     local = (c_local * layout.channel_stride + r * dh * layout.row_stride
-             + ((s * dw) % layout.phases) * layout.phase_width + (s * dw) // layout.phases)
+             + ((s * dw) % layout.phases) * layout.phase_width + shift)
     group_of_block = (np.arange(blocks) * mb) // mg
     base = group_of_block * cg * layout.channel_stride
     block_idx, pos = np.nonzero(np.any(w_blocks != 0, axis=1))  # sorted by block, then position
@@ -215,7 +227,7 @@ def origin(workload: ConvWorkload, layout: Layout) -> int:
     """Offset of the conv's padded (0, 0) in a layout whose pads may exceed the conv's."""
     top, left = workload.pads[0], workload.pads[1]
     assert layout.pad_top >= top and layout.pad_left >= left, (layout, workload)
-    if layout.phases > 1:
-        assert (layout.pad_top, layout.pad_left) == (top, left), "phase-split input must be exact"
+    if layout.phases > 1 or layout.shifts > 1:
+        assert (layout.pad_top, layout.pad_left) == (top, left), "packed input must be exact"
         return 0
     return (layout.pad_top - top) * layout.row_stride + (layout.pad_left - left)

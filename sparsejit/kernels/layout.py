@@ -30,6 +30,7 @@ class Layout:
     rows: int = 0  # rows per channel incl. padding (0: height + pad_top)
     phases: int = 1
     phase_width: int = 0  # 0: just wide enough for width + pad_left
+    shifts: int = 1  # copies of the image, copy k shifted left by k phase columns
 
     def __post_init__(self) -> None:
         if self.rows == 0:
@@ -42,12 +43,14 @@ class Layout:
 
     @staticmethod
     def padded(channels: int, height: int, width: int, pads: tuple[int, int, int, int] = (0, 0, 0, 0),
-               phases: int = 1, align: int = 1) -> Layout:
-        """A layout with pads (top, left, bottom, right) and phase rows rounded up to `align`."""
+               phases: int = 1, align: int = 1, shifts: int = 1) -> Layout:
+        """A layout with pads (top, left, bottom, right), phase rows rounded up to `align`, and
+        `shifts` shifted copies (so a kernel column shift k reads copy k at an aligned address)."""
         top, left, bottom, right = pads
         width_padded = width + left + right
         phase_width = round_up(-(-width_padded // phases), align)
-        return Layout(channels, height, width, top, left, height + top + bottom, phases, phase_width)
+        return Layout(channels, height, width, top, left, height + top + bottom, phases, phase_width,
+                      shifts)
 
     @property
     def row_stride(self) -> int:
@@ -58,14 +61,18 @@ class Layout:
         return self.rows * self.row_stride
 
     @property
-    def image_stride(self) -> int:
+    def shift_stride(self) -> int:
         return round_up(self.channels * self.channel_stride, ALIGN_FLOATS)
+
+    @property
+    def image_stride(self) -> int:
+        return self.shifts * self.shift_stride
 
     @property
     def is_plain(self) -> bool:
         """True when the interior is the whole buffer: a contiguous NCHW array."""
         return (self.pad_top == 0 and self.pad_left == 0 and self.rows == self.height
-                and self.phases == 1 and self.phase_width == self.width)
+                and self.phases == 1 and self.phase_width == self.width and self.shifts == 1)
 
     def element_offset(self, c: int, row: int, col: int) -> int:
         """Float offset (within an image) of padded position (c, row, col)."""
@@ -83,10 +90,29 @@ class Layout:
             strides=(self.image_stride * item, self.channel_stride * item, self.row_stride * item, item))
 
     def write(self, flat: np.ndarray, x: np.ndarray) -> None:
-        """Copy NCHW `x` into the buffer (interior only; pads untouched)."""
+        """Copy NCHW `x` into the buffer (interior only; pads untouched), every shifted copy."""
+        if self.shifts == 1:
+            self._write_copy(flat, x, self.pad_left)
+            return
+        item = flat.itemsize
+        for k in range(self.shifts):
+            # copy k is the image moved left by k phase columns: its own buffer view
+            start = k * self.shift_stride
+            view = np.lib.stride_tricks.as_strided(
+                flat[start:], shape=(len(flat) - start,), strides=(item,))
+            self._write_copy(view, x, self.pad_left - k * self.phases)
+
+    def _write_copy(self, flat: np.ndarray, x: np.ndarray, pad_left: int) -> None:
         batch = x.shape[0]
         if self.phases == 1:
-            self.interior(flat, batch)[...] = x
+            cols = slice(max(0, -pad_left), self.width)
+            start = self.pad_top * self.row_stride + max(0, pad_left)
+            item = flat.itemsize
+            view = np.lib.stride_tricks.as_strided(
+                flat[start:], shape=(batch, self.channels, self.height, cols.stop - cols.start),
+                strides=(self.image_stride * item, self.channel_stride * item,
+                         self.row_stride * item, item))
+            view[...] = x[:, :, :, cols]
             return
         item = flat.itemsize
         # view the buffer as (N, C, rows, phase_width, phases): element [.., q, p] is padded col q*S+p
@@ -96,11 +122,12 @@ class Layout:
                      item, self.phase_width * item))
         for p in range(self.phases):
             # padded columns with j % S == p and pad_left <= j < pad_left + width
-            first = (p - self.pad_left) % self.phases  # first interior column index with that phase
+            first = (p - pad_left) % self.phases  # first interior column index with that phase
             cols = np.arange(first, self.width, self.phases)
+            cols = cols[cols + pad_left >= 0]
             if cols.size == 0:
                 continue
-            q = (cols + self.pad_left) // self.phases
+            q = (cols + pad_left) // self.phases
             v5[:, :, self.pad_top:self.pad_top + self.height, q[0]:q[-1] + 1, p] = x[:, :, :, cols]
 
     def read(self, flat: np.ndarray, batch: int) -> np.ndarray:

@@ -96,11 +96,11 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     x = rng.standard_normal((case.batch, case.in_channels, case.height, case.width)).astype(np.float32)
     v = tgt.vector_width
     plan = select.choose_conv(wl, w, tgt, case.plan)
-    if wl.strides[1] == 1:
+    if wl.strides[1] == 1 and not plan.aligned_copies:
         pads = tuple(a + b for a, b in zip(case.pads, case.in_extra_pads))
         in_layout = Layout.padded(wl.in_channels, wl.height, wl.width, pads, align=v)
     else:
-        in_layout = wl.input_layout(v)
+        in_layout = wl.input_layout(v, shifted=plan.aligned_copies)
     out_layout = Layout.padded(case.out_channels, wl.out_height, wl.out_width, case.out_pads, align=v)
     pattern = build_pattern(w, wl, in_layout, plan)
     assert pattern.entries == 0 or pattern.offsets.min() >= 0

@@ -65,6 +65,15 @@ def test_shapes(case, form, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", SHAPES, ids=_ids(SHAPES))
+def test_shapes_aligned_copies(case, target):
+    """One input copy per column shift (every load aligned), incl. strided and dilated convs."""
+    seed = zlib.crc32(f"{case}aligned{target}".encode()) % 10_000
+    plan = run_case(with_plan(case, form="table", aligned_copies=True), target, seed)
+    assert plan.aligned_copies
+
+
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("density", DENSITIES, ids=str)
 @pytest.mark.parametrize("form", ["table", "unrolled"])
 @pytest.mark.parametrize("batch", [1, 3])
@@ -144,7 +153,8 @@ def test_random_mix():
                                   unroll=int(rng.integers(1, 4))))
         if case.plan["form"] == "table":
             case.plan.update(channel_chunk=int(rng.choice([0, 1, 2])),
-                             loop_order=str(rng.choice(["block_tile", "tile_block"])))
+                             loop_order=str(rng.choice(["block_tile", "tile_block"])),
+                             aligned_copies=bool(rng.choice([False, True])))
         target = TARGETS[i % len(TARGETS)]
         run_case(case, target, seed=int(rng.integers(1 << 30)))
 
