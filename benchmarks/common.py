@@ -1,15 +1,18 @@
-"""Shared helpers of the benchmark scripts: fair environment, timing, single-layer models, peers."""
+"""Shared helpers of the benchmark scripts: fair environment, timing, tables, the numpy peer.
+
+numpy is imported inside the functions: `fair_environment` must change the BLAS settings before
+the first import of numpy in the process.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -20,12 +23,15 @@ def fair_environment(threads: int) -> None:
     before numpy / onnxruntime / torch are imported by the caller's peers."""
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         os.environ.pop(var, None)
+    assert "numpy" not in sys.modules, "fair_environment() must run before numpy is imported"
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 30, min_time: float = 0.2) -> float:
     """Median of `repeats` timed calls (at least `min_time` s of calls), after a warm-up."""
+    import numpy as np
+
     fn()
     times: list[float] = []
     start_all = time.perf_counter()
@@ -66,8 +72,10 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def im2col_conv(x: np.ndarray, w: np.ndarray, strides, pads, dilations, group) -> np.ndarray:
+def im2col_conv(x, w, strides, pads, dilations, group):
     """Dense conv the classic way: im2col (a strided view, then one copy) + one BLAS GEMM per group."""
+    import numpy as np
+
     n, c, h, wd = x.shape
     m, cg, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))

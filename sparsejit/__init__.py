@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from .errors import (
@@ -46,7 +47,6 @@ def __getattr__(name: str) -> Any:
 
         return CompiledModel
     if name == "onnx_backend":
-        from . import onnx_backend
-
-        return onnx_backend
+        # import_module, not `from . import`: that would look the name up here again, forever.
+        return importlib.import_module(".onnx_backend", __name__)
     raise AttributeError(f"module 'sparsejit' has no attribute '{name}'")

@@ -8,16 +8,18 @@
 from __future__ import annotations
 
 import copy
+import operator
 import os
 from typing import Any
 
 import onnx
 
 from . import config, targets
+from .errors import InputError
 from .frontend.onnx_import import import_graph, load_model
 from .graph import fold, passes
 from .graph.fuse import fuse_activations
-from .graph.ir import Graph, Node
+from .graph.ir import Graph, Node, Value
 from .lower import Program, conv_lowerable, fc_weights, lower
 from .runtime.model import CompiledModel
 from .targets import Target
@@ -39,7 +41,31 @@ def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None
     passes.fold_scale_shift(g)
     fold.simplify(g, batch)
     fuse_activations(g, _kernel_layer)
+    _materialize_constant_outputs(g)
     return lower(g, target, batch, plans, load=load)
+
+
+def _materialize_constant_outputs(graph: Graph) -> None:
+    """A graph output that folded to a constant (e.g. Shape(x), or an Identity of an
+    initializer) is produced by an Identity step, so every output is in the run's results."""
+    for out in graph.outputs:
+        value = graph.values.get(out)
+        if value is None or value.const is None or out in graph.inputs:
+            continue
+        src = graph.fresh_name(f"{out}:const")
+        graph.values[src] = Value(src, value.dtype, value.shape, value.const)
+        graph.values[out] = Value(out, value.dtype, value.shape, None)
+        graph.nodes.append(Node("Identity", [src], [out], name=graph.fresh_name(f"{out}:identity")))
+
+
+def _check_threads(threads: Any) -> int | None:
+    try:
+        n = None if threads is None else operator.index(threads)
+    except TypeError:
+        n = -1
+    if n is not None and n < 0:
+        raise InputError(f"threads must be a positive int (or None for the default), got {threads!r}")
+    return n
 
 
 def prepare_graph(model: str | os.PathLike | bytes | onnx.ModelProto) -> Graph:
@@ -58,12 +84,16 @@ def compile(model: Any, target: str | Target = "host", threads: int | None = Non
     plans: per-layer overrides of the kernel plan, e.g. {"conv3": {"form": "unrolled"}}.
     """
     tgt = targets.get(target)
+    threads = _check_threads(threads)
     graph = prepare_graph(model)
     n_threads = threads if threads else config.default_threads()
     name = graph.name or "model"
     cm = CompiledModel(graph, tgt, n_threads,
                        lambda b, load: bind(graph, b, tgt, plans, load=load), name)
     static = cm._static_batch()
+    if batch is not None and static is not None and batch != static:
+        raise InputError(f"model '{name}' has a static batch of {static}: batch={batch} cannot be "
+                         "bound (only a symbolic batch dimension can)")
     if batch is not None or static is not None:
         cm.program(batch if batch is not None else static)
     return cm

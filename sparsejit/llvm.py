@@ -57,9 +57,12 @@ def _target_machine(cpu: str, features: str, opt: int) -> llvm.TargetMachine:
 def _new_target_machine(cpu: str, features: str, opt: int) -> llvm.TargetMachine:
     _init()
     target = llvm.Target.from_triple("x86_64-unknown-linux-gnu")
-    # codemodel 'small' with the default relocation model aborted inside MCJIT; PIC works.
+    # The large code model: MCJIT maps each object's code and constant sections separately,
+    # and with many kernels loaded they can land more than 2 GB apart, which the small model's
+    # 32-bit PC-relative references cannot reach (LLVM then aborts the process in
+    # finalize_object). The cost is one 64-bit address load per table, outside the loops.
     return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc="pic",
-                                        codemodel="small")
+                                        codemodel="large")
 
 
 def _parse(ir_text: str) -> llvm.ModuleRef:

@@ -136,7 +136,8 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
             t = node.inputs[0]
             cur = pads.setdefault(t, [0, 0, 0, 0])
             pads[t] = [max(a, b) for a, b in zip(cur, node.attrs["pads"])]
-            aligned.add(t)
+            if not is_pointwise(conv_workload(graph, node)):
+                aligned.add(t)  # pointwise convs read the plane flat: unpadded rows serve them best
     layouts = {}
     tensors = list(graph.inputs) + [o for n in order for o in n.outputs]
     for t in tensors:
@@ -145,6 +146,25 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
             layouts[t] = Layout.padded(c, h, w, tuple(pads.get(t, (0, 0, 0, 0))),
                                        align=v if t in aligned else 1)
     return layouts
+
+
+def is_pointwise(wl: ConvWorkload) -> bool:
+    return (wl.kernel == (1, 1) and wl.strides == (1, 1) and wl.pads == (0, 0, 0, 0)
+            and wl.dilations == (1, 1))
+
+
+def _flat(layout: Layout) -> bool:
+    return layout.is_plain
+
+
+def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout):
+    """A 1x1 conv over unpadded planes is a product over the whole plane: treat H x W as one row
+    of H*W pixels, so vectors run across row ends (a 7x7 map fills 4 vectors, not 7 at 7/16)."""
+    if not (is_pointwise(wl) and _flat(in_layout) and _flat(out_layout)):
+        return None
+    plane = wl.height * wl.width
+    return (ConvWorkload(wl.in_channels, 1, plane, wl.out_channels, (1, 1), group=wl.group),
+            Layout(in_layout.channels, 1, plane), Layout(out_layout.channels, 1, plane))
 
 
 class _Builder:
@@ -169,10 +189,13 @@ class _Builder:
         weight = np.ascontiguousarray(g.const(node.inputs[1]), np.float32)
         bias = (g.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2]
                 else np.zeros(wl.out_channels, np.float32)).astype(np.float32)
-        plan = select.choose_conv(wl, weight, tgt, self.overrides.get(node.name))
         x, y = node.inputs[0], node.outputs[0]
+        in_layout, out_layout = layouts[x], layouts[y]
+        flat = flattened(wl, in_layout, out_layout)
+        if flat is not None:
+            wl, in_layout, out_layout = flat
+        plan = select.choose_conv(wl, weight, tgt, self.overrides.get(node.name))
         pack = None
-        in_layout = layouts[x]
         if wl.strides[1] != 1 or plan.aligned_copies:
             pack = in_layout = wl.input_layout(tgt.vector_width, shifted=plan.aligned_copies)
         pattern = build_pattern(weight, wl, in_layout, plan)
@@ -181,7 +204,7 @@ class _Builder:
                          symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
                          dense_flops=wl.dense_flops * self.batch, fused=list(node.fused))
         info.ir = render_direct_conv(node.name, wl, plan, pattern, bias, _epilogue(node), in_layout,
-                                     layouts[y], tgt.name)
+                                     out_layout, tgt.name)
         floats = (self.batch - 1) * in_layout.image_stride + max(
             in_layout.image_stride, input_extent(wl, in_layout, plan, pattern))
         if pack is None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__, config
 
 MAGIC = b"SPJITOB1"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: large code model objects
 _HEADER = struct.Struct("<8s32sQ")
 
 

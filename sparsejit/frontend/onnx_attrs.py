@@ -18,6 +18,11 @@ from ..errors import ModelError, UnsupportedError
 from ..graph.ir import Node
 
 _A = onnx.AttributeProto
+# The element types sparsejit computes with: numpy's own (bfloat16, float8, int4... are not).
+SUPPORTED_DTYPES = frozenset({
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+    "float32", "float64",
+})
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -137,9 +142,20 @@ def _gemm(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
     }
 
 
+def _legacy_test_mode(node: Node, opset: int) -> None:
+    """Opset 6 BatchNormalization and Dropout run in training mode unless is_test is set."""
+    if opset < 7 and not int(node.attrs.get("is_test", 0)):
+        raise UnsupportedError(
+            f"{node.describe()}: {node.op} (opset {opset}) without is_test=1 runs in training "
+            "mode, which sparsejit does not support"
+        )
+
+
 def _batchnorm(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
     if int(node.attrs.get("training_mode", 0)) != 0:
         raise UnsupportedError(f"{node.describe()}: BatchNormalization in training mode")
+    _legacy_test_mode(node, opset)
+    # spatial (opsets 6..8) = 1 is the one per-channel form of later opsets: same math.
     if int(node.attrs.get("spatial", 1)) != 1:
         raise UnsupportedError(f"{node.describe()}: BatchNormalization with spatial=0")
     return {"epsilon": float(node.attrs.get("epsilon", 1e-5))}
@@ -199,7 +215,7 @@ def _unsqueeze(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, A
 
 def _pad(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
     mode = str(node.attrs.get("mode", "constant"))
-    if mode not in ("constant", "reflect", "edge"):
+    if mode not in ("constant", "reflect", "edge", "wrap"):
         raise UnsupportedError(f"{node.describe()}: Pad mode '{mode}' is not supported")
     pads = node.attrs.get("pads")
     return {
@@ -247,7 +263,7 @@ def _cast(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(to)))
     except Exception:
         raise UnsupportedError(f"{node.describe()}: Cast to type {to} is not supported") from None
-    if dtype.kind not in "biuf":
+    if dtype.name not in SUPPORTED_DTYPES:
         raise UnsupportedError(f"{node.describe()}: Cast to {dtype} is not supported")
     return {"to": dtype.name}
 
@@ -269,6 +285,7 @@ def _leaky_relu(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, 
 
 
 def _dropout(node: Node, opset: int, weight: np.ndarray | None) -> dict[str, Any]:
+    _legacy_test_mode(node, opset)
     return {"ratio": float(node.attrs.get("ratio", 0.5)), "training_mode": 0}
 
 

@@ -18,10 +18,17 @@ import onnx
 from ..errors import ModelError, UnsupportedError
 from ..graph.config_inputs import absorb_all
 from ..graph.ir import Graph, Node, Value
-from .onnx_attrs import attr_to_python, normalize_attrs, tensor_to_array
+from .legacy_broadcast import rewrite_legacy_broadcast
+from .onnx_attrs import SUPPORTED_DTYPES, attr_to_python, normalize_attrs, tensor_to_array
 from .rewrite_1d import rewrite_all_1d
 
-MIN_OPSET, MAX_OPSET = 9, 21
+# Opset 6 is the first in which every supported op has its released form (older ones carry the
+# experimental `consumed_inputs` attributes and attribute-form settings such as Reshape's shape).
+# Opsets 22..28 change only which element types the supported ops accept (plus Cast's round_mode,
+# for float8e8m0 only, Range's stash_type, for float16/bfloat16 only, and the pools' note that
+# ceil_mode windows starting in the end padding are dropped, as sparsejit does); tests/frontend
+# checks this against onnx.defs: raise MAX_OPSET only after checking what the next opset changes.
+MIN_OPSET, MAX_OPSET = 6, 28
 
 SUPPORTED_OPS = frozenset({
     "Conv", "Gemm", "MatMul", "Relu", "LeakyRelu", "Clip", "Sigmoid", "MaxPool", "AveragePool",
@@ -37,7 +44,6 @@ _FLOAT_ONLY = frozenset({
     "Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "BatchNormalization", "LRN", "Softmax", "LogSoftmax", "Sigmoid", "Tanh", "Exp", "Sqrt",
 })
-_INPUT_DTYPES = frozenset({"float32", "float16", "float64", "int64", "int32", "bool"})
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
@@ -104,6 +110,7 @@ def import_graph(proto: onnx.ModelProto) -> Graph:
     graph.outputs = [o.name for o in g.output]
     _check_defined(graph)
     _drop_unused_extra_outputs(graph)
+    rewrite_legacy_broadcast(graph, proto)
     for node in graph.nodes:
         weight = graph.const(node.inputs[1]) if node.op == "Conv" else None
         node.attrs = normalize_attrs(node, opset, weight)
@@ -117,15 +124,20 @@ def import_graph(proto: onnx.ModelProto) -> Graph:
 
 
 def default_opset(proto: onnx.ModelProto) -> int:
-    """The opset of the default ONNX domain; UnsupportedError outside 9..21."""
+    """The opset of the default ONNX domain; UnsupportedError outside MIN_OPSET..MAX_OPSET."""
     versions = [o.version for o in proto.opset_import if o.domain in _DEFAULT_DOMAINS]
     if not versions:
         raise ModelError("the model imports no opset of the default ONNX domain")
     opset = int(versions[0])
-    if not MIN_OPSET <= opset <= MAX_OPSET:
+    supported = f"opset {opset} is not supported by sparsejit (supported: {MIN_OPSET}..{MAX_OPSET})"
+    if opset < MIN_OPSET:
         raise UnsupportedError(
-            f"opset {opset} is not supported by sparsejit (supported: {MIN_OPSET}..{MAX_OPSET})"
+            f"{supported}: before opset 6 ops carry the experimental consumed_inputs attribute "
+            "and older forms (e.g. Reshape's shape attribute); convert the model to a newer "
+            "opset with onnx.version_converter"
         )
+    if opset > MAX_OPSET:
+        raise UnsupportedError(f"{supported}: it is newer than the ops sparsejit implements")
     return opset
 
 
@@ -157,7 +169,7 @@ def _input_value(vi: onnx.ValueInfoProto) -> Value:
     except Exception:
         raise UnsupportedError(
             f"input '{vi.name}' has unsupported element type {tt.elem_type}") from None
-    if dtype.name not in _INPUT_DTYPES:
+    if dtype.name not in SUPPORTED_DTYPES:
         raise UnsupportedError(f"input '{vi.name}' has type {dtype}, not supported by sparsejit")
     shape = None
     if tt.HasField("shape"):

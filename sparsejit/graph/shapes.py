@@ -19,6 +19,14 @@ from .shape_rules_tensor import TENSOR_RULES
 
 RULES = {**NN_RULES, **TENSOR_RULES}
 
+# The inputs whose data, not just their shape, decide an op's output shape (a Reshape target,
+# Slice bounds, Split sizes...): inference needs them known at compile time.
+VALUE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+    "Slice": (1, 2, 3, 4), "Split": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "ReduceMean": (1,),
+    "Pad": (1, 3),
+}
+
 # Outputs up to this many elements are computed during inference when their inputs are known
 # (shape arithmetic needs them); bigger ones (weights from ConstantOfShape, transposed
 # constants) are left to constant folding, so they are not computed twice.
@@ -62,8 +70,10 @@ def infer_shapes(graph: Graph, batch: int | None) -> None:
 
 
 def _bind_inputs(graph: Graph, batch: int | None) -> None:
+    # A static graph's batch is merely its first input's dim 0, which is 0 for an empty tensor;
+    # binding a symbolic dim needs a positive one.
     if batch is not None:
-        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
             raise InputError(f"batch must be a positive int, got {batch!r}")
         batch = int(batch)
     for name in graph.inputs:
@@ -79,6 +89,8 @@ def _bind_inputs(graph: Graph, batch: int | None) -> None:
                     f"input '{name}' has symbolic dim {i} ('{d}'): sparsejit needs every dim"
                     " but the batch (dim 0) to be static"
                 )
+            if batch == 0:
+                raise InputError(f"batch must be a positive int to bind '{d}' of input '{name}'")
             if batch is not None:
                 dims[0] = batch
         value.shape = tuple(dims)

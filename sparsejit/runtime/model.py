@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -56,6 +56,10 @@ class CompiledModel:
         return None
 
     def _check_inputs(self, feeds: dict[str, Any]) -> tuple[dict[str, np.ndarray], int]:
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"model '{self.name}': run() takes a dict of inputs by name "
+                             f"{self.graph.inputs}, got a {type(feeds).__name__} "
+                             "(call the model itself for positional inputs)")
         unknown = sorted(set(feeds) - set(self.graph.inputs))
         missing = [n for n in self.graph.inputs if n not in feeds]
         if unknown or missing:

@@ -1,0 +1,151 @@
+"""The public API as the README shows it: sparsejit.compile, calling, run, report, ir, asm."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper as oh
+
+import sparsejit
+from sparsejit import config
+from tests.onnx_helpers import make_model, run_ort
+from tests.tolerances import assert_close
+
+
+@pytest.fixture(scope="module")
+def cm(tiny_model) -> sparsejit.CompiledModel:
+    return sparsejit.compile(tiny_model, target="host", threads=None)
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    print("input seed=11")
+    return np.random.default_rng(11).standard_normal((1, 3, 32, 32)).astype(np.float32)
+
+
+def test_exports():
+    for name in sparsejit.__all__:
+        assert getattr(sparsejit, name) is not None, name
+    assert issubclass(sparsejit.InputError, sparsejit.SparseJitError)
+    assert issubclass(sparsejit.InputError, ValueError)
+    with pytest.raises(AttributeError):
+        sparsejit.no_such_thing  # noqa: B018
+
+
+@pytest.mark.parametrize("form", ["path", "str", "bytes", "bytearray", "proto"])
+def test_compile_accepts_path_bytes_and_proto(tiny_model, tiny_path, x, form):
+    given = {"path": tiny_path, "str": str(tiny_path), "bytes": tiny_model.SerializeToString(),
+             "bytearray": bytearray(tiny_model.SerializeToString()), "proto": tiny_model}[form]
+    cm = sparsejit.compile(given)
+    assert isinstance(cm, sparsejit.CompiledModel)
+    assert_close(cm(x), run_ort(tiny_model, {"data": x})[0], what=f"compiled from {form}")
+
+
+def test_defaults(cm):
+    assert cm.target.name == "host"
+    assert cm.threads == config.default_threads()
+    assert cm.input_names == ["data"] and cm.output_names == ["prob"]
+    assert cm.input_shape("data") == (1, 3, 32, 32)
+    assert "tiny" in repr(cm) and "host" in repr(cm)
+
+
+def test_call_returns_an_array_for_one_output(cm, tiny_model, x):
+    y = cm(x)
+    assert isinstance(y, np.ndarray) and y.shape == (1, 10) and y.dtype == np.float32
+    assert_close(y, run_ort(tiny_model, {"data": x})[0], what="cm(x)")
+
+
+def test_run_returns_a_dict_by_output_name(cm, x):
+    outs = cm.run({"data": x})
+    assert list(outs) == ["prob"]
+    np.testing.assert_array_equal(outs["prob"], cm(x))
+
+
+def two_output_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    nodes = [oh.make_node("Conv", ["a", "w"], ["feat"], pads=[1, 1, 1, 1]),  # no node name
+             oh.make_node("Relu", ["feat"], ["act"], name="relu"),
+             oh.make_node("Add", ["act", "b"], ["sum"], name="add")]
+    return make_model(nodes, {"a": ((2, 2, 5, 5), np.float32), "b": ((2, 4, 5, 5), np.float32)},
+                      ["sum", "feat"], {"w": w})
+
+
+def test_several_outputs_and_inputs():
+    model = two_output_model()
+    cm = sparsejit.compile(model)
+    rng = np.random.default_rng(4)
+    print("input seed=4")
+    a = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    b = rng.standard_normal((2, 4, 5, 5)).astype(np.float32)
+    got = cm(a, b)
+    assert isinstance(got, tuple) and len(got) == 2
+    want = run_ort(model, {"a": a, "b": b})
+    for name, g, w in zip(("sum", "feat"), got, want):
+        assert_close(g, w, what=name)
+    outs = cm.run({"b": b, "a": a})  # by name, in any order
+    assert list(outs) == ["sum", "feat"]
+    for name, g in zip(outs, got):
+        np.testing.assert_array_equal(outs[name], g)
+
+
+def test_layers_are_named_by_node_name_else_first_output():
+    cm = sparsejit.compile(two_output_model())
+    names = [info.name for info in cm.layers]
+    assert "feat" in names and "add" in names
+    assert "define void" in cm.ir("feat")
+    assert cm.ir("feat") == next(info.ir for info in cm.layers if info.name == "feat")
+
+
+def test_report_lists_every_layer(cm, tiny_model):
+    report = cm.report()
+    print(report)
+    lines = report.splitlines()
+    assert "tiny" in lines[0] and "host" in lines[0] and "batch 1" in lines[0]
+    header = lines[1]
+    for column in ("layer", "op", "kernel", "density", "nonzeros", "obj KB"):
+        assert column in header
+    rows = {line.split()[0]: line for line in lines[3:]}
+    assert list(rows) == [info.name for info in cm.layers]
+    onnx_names = {n.name for n in tiny_model.graph.node}
+    for info in cm.layers:
+        row = rows[info.name]
+        assert info.name in onnx_names or info.name.startswith("input:")
+        assert re.search(rf"\b{info.op}\b", row) and info.kernel in row, row
+        if info.ir:
+            assert f"{info.density:.3f}" in row and f" {info.nonzeros} " in row, row
+            assert f"{info.code_bytes / 1024:.1f}" in row, row
+        else:
+            assert info.kernel == "reference (numpy)"
+    assert "Conv+Relu" in report  # fused activations are shown
+    assert "BatchNormalization" not in report  # folded into conv1
+
+
+def test_ir_has_the_kernel_and_its_template(cm):
+    ir = cm.ir("conv3")
+    assert "define void" in ir
+    assert re.search(r"^; template: conv_direct_(table|unrolled)\.ll\.j2", ir, re.M), ir[:300]
+    assert "target: host" in ir
+    assert re.search(r"^; template: gemm_dense\.ll\.j2", cm.ir("fc6"), re.M)
+
+
+def test_asm_uses_fma(cm):
+    asm = cm.asm("conv3")
+    assert "vfmadd" in asm
+    assert "zmm" in asm  # this host has AVX-512: 16 floats per vector
+
+
+def test_profile_times_every_layer(cm, x):
+    times = cm.profile({"data": x}, repeats=2)
+    assert {info.name for info in cm.layers} <= set(times)
+    assert all(t >= 0 for t in times.values())
+
+
+def test_plans_override_a_layer(tiny_model, x):
+    cm = sparsejit.compile(tiny_model, plans={"conv3": {"form": "table", "rows_per_tile": 4}})
+    info = next(i for i in cm.layers if i.name == "conv3")
+    assert info.kernel.startswith("direct table") and "_r4x" in info.kernel, info.kernel
+    assert_close(cm(x), run_ort(tiny_model, {"data": x})[0], what="conv3 as a table kernel")

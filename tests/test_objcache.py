@@ -1,0 +1,220 @@
+"""The on-disk object cache, each test with SPARSEJIT_CACHE_DIR at its own empty directory:
+hits, corrupted entries (detected, recompiled, never loaded), caching off, an unwritable
+directory, and what the key distinguishes."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper as oh
+
+import sparsejit
+from sparsejit import llvm, objcache, targets
+from tests.onnx_helpers import make_model, run_ort
+from tests.tolerances import assert_close
+
+SHAPE = (2, 3, 8, 8)
+
+
+def small_net(seed: int = 0) -> onnx.ModelProto:
+    """A pruned conv (+ relu), a dense conv and an FC: three kernels that compile quickly."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    w1[np.abs(w1) < 1.2] = 0.0
+    consts = {"w1": w1, "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32),
+              "fw": rng.standard_normal((4 * 8 * 8, 5)).astype(np.float32)}
+    nodes = [oh.make_node("Conv", ["x", "w1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             oh.make_node("Conv", ["r1", "w2"], ["c2"], name="conv2"),
+             oh.make_node("Flatten", ["c2"], ["f"], name="flatten"),
+             oh.make_node("MatMul", ["f", "fw"], ["y"], name="fc")]
+    return make_model(nodes, {"x": (SHAPE, np.float32)}, ["y"], consts)
+
+
+@pytest.fixture(scope="module")
+def net() -> onnx.ModelProto:
+    return small_net()
+
+
+@pytest.fixture(scope="module")
+def x() -> np.ndarray:
+    print("input seed=3")
+    return np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+
+
+def entries(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.o"))
+
+
+def kernels(cm: sparsejit.CompiledModel) -> list:
+    return [info for info in cm.layers if info.ir]
+
+
+def compile_checked(net: onnx.ModelProto, x: np.ndarray, **kwargs) -> sparsejit.CompiledModel:
+    cm = sparsejit.compile(net, **kwargs)
+    assert_close(cm(x), run_ort(net, {"x": x})[0], what=f"compiled with {kwargs}")
+    return cm
+
+
+def test_second_compile_loads_every_kernel_from_the_cache(cache_dir, net, x):
+    first = compile_checked(net, x)
+    assert len(kernels(first)) == 3
+    assert not any(info.cached for info in kernels(first))
+    assert len(entries(cache_dir)) == 3
+    second = compile_checked(net, x)
+    assert all(info.cached for info in kernels(second))
+    assert [i.code_bytes for i in kernels(second)] == [i.code_bytes for i in kernels(first)]
+    np.testing.assert_array_equal(second(x), first(x))
+    assert "cached" in second.report()
+    assert len(entries(cache_dir)) == 3
+
+
+def _truncate(blob: bytes) -> bytes:
+    return blob[: len(blob) // 2]
+
+
+def _flip_payload(blob: bytes) -> bytes:
+    i = len(blob) - 100  # inside the object code
+    return blob[:i] + bytes([blob[i] ^ 0x40]) + blob[i + 1:]
+
+
+def _flip_digest(blob: bytes) -> bytes:
+    return blob[:8] + bytes([blob[8] ^ 1]) + blob[9:]
+
+
+def _flip_length(blob: bytes) -> bytes:
+    return blob[:40] + bytes([blob[40] ^ 1]) + blob[41:]
+
+
+def _bad_magic(blob: bytes) -> bytes:
+    return b"NOTSPJIT" + blob[8:]
+
+
+def _header_only_part(blob: bytes) -> bytes:
+    return blob[:20]
+
+
+def _empty(blob: bytes) -> bytes:
+    return b""
+
+
+def _extra_byte(blob: bytes) -> bytes:
+    return blob + b"\0"
+
+
+CORRUPTIONS = [_truncate, _flip_payload, _flip_digest, _flip_length, _bad_magic, _header_only_part,
+               _empty, _extra_byte]
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
+def test_corrupted_entries_are_detected_and_recompiled(cache_dir, net, x, corrupt):
+    compile_checked(net, x)
+    paths = entries(cache_dir)
+    good = {p: p.read_bytes() for p in paths}
+    for p in paths:
+        p.write_bytes(corrupt(good[p]))
+    with pytest.warns(UserWarning, match="corrupted cache entry") as caught:
+        cm = compile_checked(net, x)
+    assert len([w for w in caught if "corrupted cache entry" in str(w.message)]) == len(paths)
+    assert not any(info.cached for info in kernels(cm)), "a corrupted entry was loaded"
+    # recompiled and written again: the next compile hits, without warnings
+    assert {p: p.read_bytes() for p in entries(cache_dir)} == good
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = compile_checked(net, x)
+    assert all(info.cached for info in kernels(again))
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS, ids=lambda f: f.__name__.strip("_"))
+def test_load_rejects_corrupted_entries(cache_dir, corrupt):
+    key = objcache.key("some ir", "cpu")
+    payload = bytes(range(256)) * 4
+    objcache.store(key, payload)
+    assert objcache.load(key) == payload
+    (path,) = entries(cache_dir)
+    path.write_bytes(corrupt(path.read_bytes()))
+    with pytest.warns(UserWarning, match=str(path.name)):
+        assert objcache.load(key) is None
+    assert not path.exists()  # removed, so the warning comes once
+    assert objcache.load(key) is None
+
+
+def test_cache_off(monkeypatch, tmp_path, net, x):
+    monkeypatch.setenv("SPARSEJIT_CACHE_DIR", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the default location
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    first = compile_checked(net, x)
+    second = compile_checked(net, x)
+    assert not any(info.cached for info in kernels(first) + kernels(second))
+    assert list(tmp_path.rglob("*")) == []
+
+
+@pytest.mark.parametrize("how", ["under-a-file", "read-only"])
+def test_unwritable_cache_dir_only_warns(monkeypatch, tmp_path, net, x, how):
+    if how == "under-a-file":
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a directory")
+        root = blocker / "cache"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only directories")
+        root = tmp_path / "ro"
+        root.mkdir()
+        root.chmod(0o500)
+    monkeypatch.setenv("SPARSEJIT_CACHE_DIR", str(root))
+    try:
+        with pytest.warns(UserWarning, match="could not write cache entry"):
+            cm = compile_checked(net, x)
+        assert not any(info.cached for info in kernels(cm))
+    finally:
+        if how == "read-only":
+            root.chmod(0o700)
+
+
+def test_a_target_is_part_of_the_key(cache_dir, net, x):
+    avx2 = compile_checked(net, x, target="avx2")
+    assert len(entries(cache_dir)) == 3
+    avx512 = compile_checked(net, x, target="avx512")
+    assert not any(info.cached for info in kernels(avx512)), "avx512 loaded avx2's objects"
+    assert len(entries(cache_dir)) == 6
+    assert all(info.cached for info in kernels(compile_checked(net, x, target="avx2")))
+    assert all(info.cached for info in kernels(compile_checked(net, x, target="avx512")))
+    assert kernels(avx2)[0].ir != kernels(avx512)[0].ir
+
+
+def test_the_ir_text_and_codegen_level_are_part_of_the_key(cache_dir, net):
+    cm = sparsejit.compile(net, target="avx512")
+    ir = kernels(cm)[0].ir
+    target = targets.get("avx512")
+    _, hit = llvm.compile_object(ir, target)
+    assert hit
+    _, hit = llvm.compile_object(ir + "\n; one more comment\n", target)
+    assert not hit
+    _, hit = llvm.compile_object(ir, target, opt=1)
+    assert not hit
+    _, hit = llvm.compile_object(ir, targets.get("avx2"))
+    assert not hit
+    _, hit = llvm.compile_object(ir + "\n; one more comment\n", target)
+    assert hit
+
+
+def test_other_weights_are_other_entries(cache_dir, x):
+    """Same layer names and shapes, other weights: other kernels, not a stale hit."""
+    first = compile_checked(small_net(seed=0), x)
+    cm = compile_checked(small_net(seed=1), x)
+    seen = {info.ir for info in kernels(first)}
+    for info in kernels(cm):  # the dense FC's code does not carry its weights: it may hit
+        assert info.cached == (info.ir in seen), info.name
+    assert not kernels(cm)[0].cached and not kernels(cm)[1].cached
+    assert len(entries(cache_dir)) == 3 + sum(not info.cached for info in kernels(cm))
+
+
+def test_key_parts_are_separated():
+    assert objcache.key("ab", "c") != objcache.key("a", "bc")
+    assert objcache.key("a") != objcache.key("a", "")
+    assert objcache.key("x", "y") == objcache.key("x", "y")
