@@ -61,6 +61,7 @@ class Program:
     slot_of: dict[str, int]
     slot_sizes: list[int]
     layouts: dict[str, Layout]
+    images: dict[str, int]
     scratch_sizes: dict[str, int]
     layers: list[LayerInfo]
     library: llvm.CodeLibrary | None
@@ -69,7 +70,7 @@ class Program:
 
     def new_arena(self) -> st.Arena:
         return st.Arena.allocate(self.batch, self.slot_sizes, self.slot_of, self.layouts,
-                                 self.scratch_sizes)
+                                 self.images, self.scratch_sizes)
 
 
 def _epilogue(node: Node) -> Epilogue:
@@ -179,6 +180,10 @@ class _Builder:
         self.scratch: dict[str, int] = {}
         self.extent: dict[str, int] = {}  # tensor -> floats its readers may touch
 
+    def images(self, tensor: str) -> int:
+        """Dim 0 of a 4-D activation: usually the batch, not always (Gather/Expand on axis 0)."""
+        return int(self.graph.value(tensor).static_shape()[0])
+
     def shape(self, tensor: str) -> tuple:
         v = self.graph.values.get(tensor)
         return tuple(v.shape) if v is not None and v.shape is not None else ()
@@ -202,16 +207,17 @@ class _Builder:
         info = LayerInfo(node.name, node.op, f"direct {plan.variant()}", self.shape(x),
                          self.shape(y), select.density(weight), pattern.nonzeros,
                          symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
-                         dense_flops=wl.dense_flops * self.batch, fused=list(node.fused))
+                         dense_flops=wl.dense_flops * self.images(x), fused=list(node.fused))
         info.ir = render_direct_conv(node.name, wl, plan, pattern, bias, _epilogue(node), in_layout,
                                      out_layout, tgt.name)
-        floats = (self.batch - 1) * in_layout.image_stride + max(
+        images = self.images(x)
+        floats = (images - 1) * in_layout.image_stride + max(
             in_layout.image_stride, input_extent(wl, in_layout, plan, pattern))
         if pack is None:
             self.extent[x] = max(self.extent.get(x, 0), floats)
         else:
             self.scratch[node.name] = floats
-        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, pack)
+        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, pack, images)
         self._add_kernel(step, info, st.ConvFn)
 
     def sparse_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -300,11 +306,12 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
     for t, layout in layouts.items():
         if t not in first:
             continue
-        floats = max(batch * layout.image_stride, b.extent.get(t, 0))
+        floats = max(b.images(t) * layout.image_stride, b.extent.get(t, 0))
         lifetimes.append(Lifetime(t, layout, floats, first[t],
                                   end if t in graph.outputs else last.get(t, first[t])))
     slot_of, sizes = plan_buffers(lifetimes)
-    return Program(batch, b.steps, slot_of, sizes, {t: layouts[t] for t in slot_of}, b.scratch,
+    return Program(batch, b.steps, slot_of, sizes, {t: layouts[t] for t in slot_of},
+                   {t: b.images(t) for t in slot_of}, b.scratch,
                    b.layers, library, list(graph.inputs), list(graph.outputs))
 
 

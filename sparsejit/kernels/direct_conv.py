@@ -148,8 +148,9 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
                   plan: DirectConvPlan) -> Pattern:
     """Offsets and weights per block of output channels, from the weight tensor [M, C/G, R, S].
 
-    Entries of a block are its union of nonzero positions in (c, r, s) order, padded with
-    zero-weight entries (at a valid offset) to whole loop iterations of the table form."""
+    Entries of a block are its union of nonzero positions in (c, r, s) order; the table form
+    runs whole iterations of `unroll` entries and then the remainder one by one, so no
+    zero-weight padding entries exist (they would turn an Inf input into NaN)."""
     m_total, cg, kh, kw = weight.shape
     mg = m_total // workload.group
     dh, dw = workload.dilations
@@ -181,23 +182,10 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     order = np.argsort(segment, kind="stable")  # by segment, (c, r, s) order kept within one
     block_idx, pos, segment = block_idx[order], pos[order], segment[order]
     counts = np.bincount(segment, minlength=chunks * blocks)
-    unroll = plan.unroll if plan.form == "table" else 1
-    padded = -(-counts // unroll) * unroll
-    starts = np.concatenate([[0], np.cumsum(padded)]).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     entries = int(starts[-1])
-    offsets = np.zeros(entries, np.int64)
-    weights = np.zeros((entries, mb), np.float32)
-    # place the real entries at the front of each segment's (padded) range
-    first_real = np.concatenate([[0], np.cumsum(counts)])[:-1]
-    slot = starts[segment] + (np.arange(len(segment)) - first_real[segment])
-    offsets[slot] = base[block_idx] + local[pos]
-    weights[slot] = w_blocks[block_idx, :, pos]
-    # padding entries repeat the block's first offset (always a valid read) with zero weight
-    pad_mask = np.ones(entries, bool)
-    pad_mask[slot] = False
-    if pad_mask.any():
-        owner = np.searchsorted(starts, np.nonzero(pad_mask)[0], side="right") - 1
-        offsets[pad_mask] = np.where(counts[owner] > 0, offsets[starts[owner]], 0)
+    offsets = base[block_idx] + local[pos]
+    weights = np.ascontiguousarray(w_blocks[block_idx, :, pos]).reshape(entries, mb)
     h = hashlib.sha256()
     for arr in (offsets, weights, channels, starts):
         h.update(np.ascontiguousarray(arr).tobytes())

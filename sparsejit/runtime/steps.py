@@ -38,10 +38,13 @@ class Arena:
 
     @classmethod
     def allocate(cls, batch: int, sizes: list[int], slot_of: dict[str, int],
-                 layouts: dict[str, Layout], scratch_sizes: dict[str, int]) -> Arena:
+                 layouts: dict[str, Layout], images: dict[str, int],
+                 scratch_sizes: dict[str, int]) -> Arena:
+        """`images[t]` is tensor t's dim 0: the batch, except after ops that change dim 0."""
         arena = cls(batch, [aligned_zeros(s) for s in sizes], slot_of, layouts)
         arena.scratch = {k: aligned_zeros(s) for k, s in scratch_sizes.items()}
-        arena.views = {t: layouts[t].interior(arena.slots[s], batch) for t, s in slot_of.items()}
+        arena.views = {t: layouts[t].interior(arena.slots[s], images[t])
+                       for t, s in slot_of.items()}
         return arena
 
     def buffer(self, tensor: str) -> np.ndarray:
@@ -101,6 +104,7 @@ class ConvKernel(Step):
     fn: Callable
     blocks: int
     pack_layout: Layout | None  # private phase-split copy of the input, or None to read in place
+    images: int  # the input's dim 0
 
     def run(self, env, arena, pool, threads):
         if self.pack_layout is not None:
@@ -109,7 +113,7 @@ class ConvKernel(Step):
         else:
             src = arena.buffer(self.input)
         dst = arena.buffer(self.output)
-        n = arena.batch
+        n = self.images
         in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
         if self.blocks >= threads or n == 1:
             parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, 0, n, b0, b1),

@@ -339,12 +339,7 @@ def structural_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-TABLE_PADDING = pytest.mark.xfail(strict=True, reason=(
-    "the table form pads each block's entries to a multiple of the unroll with weight-0 entries "
-    "pointing at real input offsets, so 0 * Inf = NaN appears at some outputs (for the lead)"))
-
-
-@pytest.mark.parametrize("form", [pytest.param("table", marks=TABLE_PADDING), "unrolled"])
+@pytest.mark.parametrize("form", ["table", "unrolled"])
 def test_pruned_weights_are_absent_for_nan_and_inf(form):
     """A sparse conv multiplies only its nonzero weights: a NaN/Inf input reaches the outputs
     of those weights alone (a dense framework's 0 * NaN = NaN does not happen). This is the
