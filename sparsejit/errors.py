@@ -23,3 +23,7 @@ class TargetError(SparseJitError):
 
 class CacheError(SparseJitError):
     """An object-cache entry is unreadable (it is then recompiled, never loaded)."""
+
+
+class InvalidPlanError(SparseJitError, ValueError):
+    """A kernel plan override names an unknown field, an unknown layer, or a bad value."""

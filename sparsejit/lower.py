@@ -20,6 +20,7 @@ from .codegen.direct_conv import kernel_symbol as conv_symbol
 from .codegen.direct_conv import render_direct_conv
 from .codegen.gemm import kernel_symbol as gemm_symbol
 from .codegen.gemm import render_gemm
+from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
 from .kernels import select
 from .kernels.direct_conv import ConvWorkload, Epilogue, build_pattern, input_extent
@@ -199,7 +200,7 @@ class _Builder:
         flat = flattened(wl, in_layout, out_layout)
         if flat is not None:
             wl, in_layout, out_layout = flat
-        plan = select.choose_conv(wl, weight, tgt, self.overrides.get(node.name))
+        plan = select.choose_conv(wl, weight, tgt, self.overrides.get(node.name), node.name)
         pack = None
         if wl.strides[1] != 1 or plan.aligned_copies:
             pack = in_layout = wl.input_layout(tgt.vector_width, shifted=plan.aligned_copies)
@@ -227,7 +228,7 @@ class _Builder:
         in_layout = Layout.padded(c, 1, n, align=v)
         out_layout = Layout.padded(m, 1, n, align=v)
         plan = select.choose_conv(wl, weight[:, :, None, None], self.target,
-                                  self.overrides.get(node.name))
+                                  self.overrides.get(node.name), node.name)
         pattern = build_pattern(weight[:, :, None, None], wl, in_layout, plan)
         info = LayerInfo(node.name, node.op, f"sparse-fc {plan.variant()}",
                          self.shape(node.inputs[0]), self.shape(node.outputs[0]),
@@ -245,7 +246,7 @@ class _Builder:
 
     def dense_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         m, c = weight.shape
-        plan = select.choose_gemm(self.target, self.batch, self.overrides.get(node.name))
+        plan = select.choose_gemm(self.target, self.batch, self.overrides.get(node.name), node.name)
         wl = GemmWorkload(c, m)
         info = LayerInfo(node.name, node.op, f"dense-fc {plan.variant()}",
                          self.shape(node.inputs[0]), self.shape(node.outputs[0]),
@@ -292,6 +293,11 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
         else:
             b.reference(node, layouts)
 
+    kernel_layers = {info.name for info in b.layers if info.ir}
+    unknown = sorted(set(overrides or {}) - kernel_layers)
+    if unknown:
+        raise InvalidPlanError(f"plans given for {unknown}, which are not kernel layers of this "
+                               f"model; kernel layers: {sorted(kernel_layers)}")
     library = _compile(b, target, load)
     # liveness: step index of each tensor's producer and last reader
     first: dict[str, int] = {}

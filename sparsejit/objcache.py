@@ -1,8 +1,9 @@
 """The on-disk object cache: compiled object code keyed by a hash of everything that made it.
 
-An entry is `MAGIC | sha256(payload) | len(payload) | payload`, written atomically. A truncated
-or corrupted entry fails the check, is reported once as a warning, and is recompiled: never
-loaded. The directory comes from `config.cache_dir()` (SPARSEJIT_CACHE_DIR).
+An entry is `MAGIC | key | sha256(payload) | len(payload) | payload`, written atomically. A
+truncated, corrupted or misplaced entry (its key is not the one asked for) fails the check, is
+reported as a warning, and is recompiled: never loaded. The directory comes from
+`config.cache_dir()` (SPARSEJIT_CACHE_DIR).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 from . import __version__, config
 
-MAGIC = b"SPJITOB1"
-FORMAT_VERSION = "2"  # 2: large code model objects
-_HEADER = struct.Struct("<8s32sQ")
+MAGIC = b"SPJITOB2"
+FORMAT_VERSION = "3"  # 2: large code model objects; 3: key in the entry header
+_HEADER = struct.Struct("<8s32s32sQ")
 
 
 def key(*parts: str) -> str:
@@ -40,9 +41,11 @@ def load(k: str) -> bytes | None:
         return None
     try:
         blob = path.read_bytes()
-        magic, digest, length = _HEADER.unpack_from(blob)
+        magic, stored_key, digest, length = _HEADER.unpack_from(blob)
         payload = blob[_HEADER.size:]
-        if magic != MAGIC or length != len(payload) or hashlib.sha256(payload).digest() != digest:
+        if magic != MAGIC or stored_key != bytes.fromhex(k):
+            raise ValueError("not the entry for this key")
+        if length != len(payload) or hashlib.sha256(payload).digest() != digest:
             raise ValueError("checksum or length mismatch")
         return payload
     except (OSError, ValueError, struct.error) as exc:
@@ -61,7 +64,7 @@ def store(k: str, payload: bytes) -> None:
         return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        header = _HEADER.pack(MAGIC, hashlib.sha256(payload).digest(), len(payload))
+        header = _HEADER.pack(MAGIC, bytes.fromhex(k), hashlib.sha256(payload).digest(), len(payload))
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(header + payload)

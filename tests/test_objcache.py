@@ -218,3 +218,16 @@ def test_key_parts_are_separated():
     assert objcache.key("ab", "c") != objcache.key("a", "bc")
     assert objcache.key("a") != objcache.key("a", "")
     assert objcache.key("x", "y") == objcache.key("x", "y")
+
+
+def test_an_entry_under_another_key_is_not_loaded(cache_dir):
+    """An entry copied (or renamed) to another key's path passes its checksum but names its own
+    key: it is rejected, so a model never runs another model's kernel."""
+    objcache.store(objcache.key("a"), b"object A")
+    objcache.store(objcache.key("b"), b"object B")
+    path_a = next(p for p in entries(cache_dir) if p.stem == objcache.key("a"))
+    path_b = next(p for p in entries(cache_dir) if p.stem == objcache.key("b"))
+    path_b.write_bytes(path_a.read_bytes())
+    with pytest.warns(UserWarning, match="not the entry for this key"):
+        assert objcache.load(objcache.key("b")) is None
+    assert objcache.load(objcache.key("a")) == b"object A"

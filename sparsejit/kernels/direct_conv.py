@@ -81,14 +81,22 @@ class DirectConvPlan:
     codegen_opt: int = 2
 
     def __post_init__(self) -> None:
-        assert self.form in ("table", "unrolled"), self.form
-        assert self.loop_order in ("block_tile", "tile_block"), self.loop_order
-        assert self.channel_chunk >= 0
-        assert self.form == "table" or (self.channel_chunk == 0 and self.loop_order == "block_tile"), \
-            "the unrolled form runs one pass in block-tile order"
-        assert self.vector_width in (1, 4, 8, 16), self.vector_width
-        assert self.rows_per_tile >= 1 and self.vectors_per_row >= 1 and self.unroll >= 1
-        assert self.channels_per_block >= 1
+        checks = [
+            (self.form in ("table", "unrolled"), "form must be 'table' or 'unrolled'"),
+            (self.loop_order in ("block_tile", "tile_block"),
+             "loop_order must be 'block_tile' or 'tile_block'"),
+            (self.vector_width in (1, 4, 8, 16), "vector_width must be 1, 4, 8 or 16"),
+            (min(self.rows_per_tile, self.vectors_per_row, self.unroll,
+                 self.channels_per_block) >= 1, "tile, unroll and block sizes must be >= 1"),
+            (self.channel_chunk >= 0, "channel_chunk must be >= 0"),
+            (self.form == "table" or (self.channel_chunk == 0 and self.loop_order == "block_tile"
+                                      and not self.aligned_copies),
+             "the unrolled form runs one pass, in block_tile order, on unshifted input"),
+            (self.codegen_opt in (0, 1, 2, 3), "codegen_opt must be 0..3"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message} (plan {self})")
 
     @property
     def accumulators(self) -> int:

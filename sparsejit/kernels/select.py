@@ -7,10 +7,11 @@ choice. Later algorithms (sparse Winograd, activation-sparse) join here as furth
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 
+from ..errors import InvalidPlanError
 from ..targets import Target
 from .direct_conv import ConvWorkload, DirectConvPlan
 from .gemm import GemmPlan
@@ -22,6 +23,21 @@ DENSE_THRESHOLD = 0.6
 # unrolled kernels are bound by instruction fetch). Estimated bytes of code per FMA:
 UNROLLED_BYTES_PER_FMA = 8
 UNROLLED_MAX_CODE_BYTES = 32 * 1024
+
+
+def apply_override(plan, override: dict | None, layer: str):
+    """`plan` with the fields of `override` replaced; a clear error for unknown or bad values."""
+    if not override:
+        return plan
+    known = {f.name for f in fields(plan)}
+    unknown = sorted(set(override) - known)
+    if unknown:
+        raise InvalidPlanError(f"layer '{layer}': unknown plan field(s) {unknown}; "
+                               f"{type(plan).__name__} has {sorted(known)}")
+    try:
+        return replace(plan, **override)
+    except (AssertionError, TypeError, ValueError) as exc:
+        raise InvalidPlanError(f"layer '{layer}': invalid plan {override}: {exc}") from None
 
 
 def density(weight: np.ndarray) -> float:
@@ -45,7 +61,7 @@ def _tile(rows: int, vectors: int, budget: int) -> tuple[int, int]:
 
 
 def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
-                override: dict | None = None) -> DirectConvPlan:
+                override: dict | None = None, layer: str = "") -> DirectConvPlan:
     """The default direct-conv plan for this layer on this target, with `override` applied."""
     v = target.vector_width
     dense = density(weight) >= DENSE_THRESHOLD
@@ -74,19 +90,16 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         fmas = np.count_nonzero(weight) * rb * cb
         if fmas * UNROLLED_BYTES_PER_FMA <= UNROLLED_MAX_CODE_BYTES:
             plan = replace(plan, form="unrolled", channel_chunk=0, loop_order="block_tile")
-    if override:
-        plan = replace(plan, **override)
-    return plan
+    return apply_override(plan, override, layer)
 
 
 def fc_is_sparse(weight: np.ndarray) -> bool:
     return density(weight) < DENSE_THRESHOLD
 
 
-def choose_gemm(target: Target, batch: int, override: dict | None = None) -> GemmPlan:
+def choose_gemm(target: Target, batch: int, override: dict | None = None,
+                layer: str = "") -> GemmPlan:
     rows = min(batch, 4)
     plan = GemmPlan(vector_width=target.vector_width, rows_per_tile=rows,
                     vectors_per_tile=4 if rows <= 2 else 2)
-    if override:
-        plan = replace(plan, **override)
-    return plan
+    return apply_override(plan, override, layer)

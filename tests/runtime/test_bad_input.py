@@ -418,3 +418,16 @@ def test_output_that_is_an_input(tmp_path: Path):
     y, same = sparsejit.compile(model)(x)
     np.testing.assert_array_equal(same, x)
     np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+# -- plan overrides ---------------------------------------------------------------------------
+@pytest.mark.parametrize("plans, match", [
+    ({"conv": {"no_such_field": 1}}, r"layer 'conv': unknown plan field"),
+    ({"conv": {"form": "bogus"}}, r"layer 'conv': invalid plan"),
+    ({"conv": {"rows_per_tile": 0}}, r"layer 'conv': invalid plan"),
+    ({"no_such_layer": {"form": "table"}}, r"plans given for \['no_such_layer'\]"),
+])
+def test_bad_plan_overrides_are_clear_errors(plans, match):
+    model = chain_model(batch=1, density=0.3, outputs=("c",))
+    with pytest.raises(sparsejit.errors.InvalidPlanError, match=match):
+        sparsejit.compile(model, threads=1, batch=1, plans=plans)
