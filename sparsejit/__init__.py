@@ -3,6 +3,7 @@
     cm = sparsejit.compile("pruned.onnx", target="host")
     y = cm(x)
     print(cm.report()); print(cm.ir("conv3")); print(cm.asm("conv3"))
+    sparsejit.autotune("pruned.onnx")  # search each conv layer's plans; compile() uses the winners
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ __all__ = [
     "TargetError",
     "UnsupportedError",
     "__version__",
+    "autotune",
     "compile",
     "onnx_backend",
 ]
@@ -42,6 +44,10 @@ def __getattr__(name: str) -> Any:
         from .compiler import compile
 
         return compile
+    if name == "autotune":
+        from .tune.autotune import autotune
+
+        return autotune
     if name == "CompiledModel":
         from .runtime.model import CompiledModel
 

@@ -1,4 +1,4 @@
-"""The `sparsejit` command line: compile, run, inspect, targets, demo."""
+"""The `sparsejit` command line: compile, run, inspect, autotune, targets, demo."""
 
 from __future__ import annotations
 
@@ -52,6 +52,37 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_autotune(args: argparse.Namespace) -> int:
+    from .tune import log as tuning_log
+    from .tune.autotune import autotune
+
+    log_path = args.log or tuning_log.default_path()
+    results = autotune(args.model, target=args.target, threads=args.threads, budget=args.budget,
+                       repeats=args.repeats, time_bound=args.time_bound, layers=args.layers,
+                       log_path=log_path, progress=not args.no_progress)
+    print(autotune_table(results))
+    print(f"tuning log: {log_path} (compile() uses it for these layers from now on)")
+    return 0
+
+
+def autotune_table(results: dict) -> str:
+    """Per layer: default and best median, speedup, the winning plan, candidates ok / tried."""
+    rows = [("layer", "default ms", "best ms", "speedup", "best plan", "ok/tried")]
+    for name, r in results.items():
+        ok = sum(m.status == "ok" for m in r.results)
+        rows.append((name, _ms(r.default_s), _ms(r.best_s),
+                     "" if r.speedup is None else f"{r.speedup:.2f}x", r.plan.variant(),
+                     f"{ok}/{len(r.results)}"))
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "failed" if seconds is None else f"{seconds * 1e3:.3f}"
+
+
 def cmd_targets(args: argparse.Namespace) -> int:
     from . import targets
 
@@ -98,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ir", action="store_true", help="LLVM IR (default)")
     g.add_argument("--asm", action="store_true", help="assembly for the target")
     sp.set_defaults(func=cmd_inspect)
+
+    sp = sub.add_parser("autotune", help="search each conv layer's plans; compile() uses the best")
+    sp.add_argument("model", help="ONNX file")
+    sp.add_argument("--target", default="host", help="host, sse, avx2, avx512 (default host)")
+    sp.add_argument("--threads", type=int, default=1, help="threads per kernel while timing")
+    sp.add_argument("--budget", type=int, default=24, help="candidate plans per layer (24)")
+    sp.add_argument("--repeats", type=int, default=15, help="timed calls per candidate (15)")
+    sp.add_argument("--time-bound", type=float, default=2.0,
+                    help="seconds the timed calls of one candidate may take (2)")
+    sp.add_argument("--layers", help="comma-separated conv layers to tune (default all)")
+    sp.add_argument("--log", help="tuning log to append to (default SPARSEJIT_TUNING_LOG, else "
+                    "tuning.jsonl in the user cache dir)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sp.set_defaults(func=cmd_autotune)
 
     sp = sub.add_parser("targets", help="list targets and whether this host runs them")
     sp.set_defaults(func=cmd_targets)

@@ -3,6 +3,8 @@
 SPARSEJIT_CACHE_DIR   object cache directory (default: the user cache dir); "off" disables it
 SPARSEJIT_DEBUG       1: log compile steps; 2: also print each layer's plan; 3: also its IR
 SPARSEJIT_THREADS     default thread count when compile(threads=None)
+SPARSEJIT_TUNING_LOG  the autotuner's JSON-lines log (default: tuning.jsonl in the user cache
+                      dir); "off" makes compile() ignore tuning results
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ def cache_dir() -> Path | None:
     if value:
         return Path(value).expanduser()
     return Path(platformdirs.user_cache_dir("sparsejit"))
+
+
+def tuning_log() -> Path | None:
+    """The tuning log compile() reads and autotune() appends to, or None when it is off."""
+    value = os.environ.get("SPARSEJIT_TUNING_LOG")
+    if value is not None and value.strip().lower() in ("off", "0", "none", ""):
+        return None
+    if value:
+        return Path(value).expanduser()
+    return Path(platformdirs.user_cache_dir("sparsejit")) / "tuning.jsonl"
 
 
 def debug_level() -> int:

@@ -1,7 +1,8 @@
 """Lowering a shape-bound graph to a runnable program: kernels chosen, rendered, compiled, scheduled.
 
 Per node: a Conv with constant weights becomes a direct-conv kernel (sparse or dense blocking,
-table or unrolled form: see kernels/select.py); a Gemm/MatMul with constant weights becomes the
+table or unrolled form: see kernels/select.py; an explicit plan, else the tuning log's fastest
+plan for its workload, else the default); a Gemm/MatMul with constant weights becomes the
 dense FC kernel or, when pruned, the direct kernel with the batch as its width; every other op
 runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the
 stride-1 convs that read it, so producers write straight into the buffer those convs read;
@@ -11,6 +12,7 @@ strided convs pack a private phase-split copy. Buffers are then planned by liven
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +22,7 @@ from .codegen.direct_conv import kernel_symbol as conv_symbol
 from .codegen.direct_conv import render_direct_conv
 from .codegen.gemm import kernel_symbol as gemm_symbol
 from .codegen.gemm import render_gemm
+from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
 from .kernels import select
@@ -30,6 +33,7 @@ from .kernels.reference import run_node
 from .runtime import steps as st
 from .runtime.buffers import Lifetime, plan_buffers
 from .targets import Target
+from .tune import log as tuning_log
 
 
 @dataclass
@@ -51,6 +55,9 @@ class LayerInfo:
     cached: bool = False
     dense_flops: int = 0
     fused: list[str] = field(default_factory=list)
+    tuned: bool = False  # the plan came from the tuning log
+    workload_key: str | None = None  # conv layers: the tuning log's key
+    spec: ConvSpec | None = None  # conv layers: what the kernel was generated from (autotune)
 
 
 @dataclass
@@ -190,7 +197,7 @@ class _Builder:
         return tuple(v.shape) if v is not None and v.shape is not None else ()
 
     def conv(self, node: Node, layouts: dict[str, Layout]) -> None:
-        g, tgt = self.graph, self.target
+        g = self.graph
         wl = conv_workload(g, node)
         weight = np.ascontiguousarray(g.const(node.inputs[1]), np.float32)
         bias = (g.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2]
@@ -200,26 +207,41 @@ class _Builder:
         flat = flattened(wl, in_layout, out_layout)
         if flat is not None:
             wl, in_layout, out_layout = flat
-        plan = select.choose_conv(wl, weight, tgt, self.overrides.get(node.name), node.name)
-        pack = None
-        if wl.strides[1] != 1 or plan.aligned_copies:
-            pack = in_layout = wl.input_layout(tgt.vector_width, shifted=plan.aligned_copies)
-        pattern = build_pattern(weight, wl, in_layout, plan)
-        info = LayerInfo(node.name, node.op, f"direct {plan.variant()}", self.shape(x),
-                         self.shape(y), select.density(weight), pattern.nonzeros,
-                         symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
-                         dense_flops=wl.dense_flops * self.images(x), fused=list(node.fused))
-        info.ir = render_direct_conv(node.name, wl, plan, pattern, bias, _epilogue(node), in_layout,
-                                     out_layout, tgt.name)
+        spec = ConvSpec(node.name, wl, weight, bias, _epilogue(node), in_layout, out_layout)
+        key = tuning_log.workload_key(wl, weight)
+        code, tuned = self._conv_code(spec, key)
+        plan, pattern = code.plan, code.pattern
+        info = LayerInfo(node.name, node.op, f"direct {plan.variant()}" + (" (tuned)" if tuned else ""),
+                         self.shape(x), self.shape(y), select.density(weight), pattern.nonzeros,
+                         symbol=code.symbol, opt=plan.codegen_opt,
+                         dense_flops=wl.dense_flops * self.images(x), fused=list(node.fused),
+                         tuned=tuned, workload_key=key, spec=spec)
+        info.ir = code.ir
         images = self.images(x)
-        floats = (images - 1) * in_layout.image_stride + max(
-            in_layout.image_stride, input_extent(wl, in_layout, plan, pattern))
-        if pack is None:
+        floats = code.input_floats(wl, images)
+        if code.pack is None:
             self.extent[x] = max(self.extent.get(x, 0), floats)
         else:
             self.scratch[node.name] = floats
-        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, pack, images)
+        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, code.pack, images)
         self._add_kernel(step, info, st.ConvFn)
+
+    def _conv_code(self, spec: ConvSpec, key: str) -> tuple[ConvCode, bool]:
+        """The layer's kernel and whether its plan came from the tuning log. An explicit plan
+        (even an empty one: "the default") wins over the log; a log plan that no longer fits
+        (hand-edited, or from another sparsejit) is skipped with a warning."""
+        name, tgt = spec.name, self.target
+        if name not in self.overrides:
+            tuned = tuning_log.best(key, tgt)
+            if tuned is not None:
+                try:
+                    plan = select.choose_conv(spec.workload, spec.weight, tgt, tuned, name)
+                    return render_conv(spec, plan, tgt), True
+                except ValueError as exc:  # InvalidPlanError is one
+                    warnings.warn(f"sparsejit: layer '{name}': ignoring the tuned plan {tuned} "
+                                  f"from the tuning log ({exc})", stacklevel=2)
+        plan = select.choose_conv(spec.workload, spec.weight, tgt, self.overrides.get(name), name)
+        return render_conv(spec, plan, tgt), False
 
     def sparse_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         m, c = weight.shape

@@ -1,4 +1,5 @@
-"""Shared fixtures: a private object cache for the tests that look at the cache, the tiny model."""
+"""Shared fixtures: a private object cache for the tests that look at the cache, a private
+tuning log for every test, the tiny model."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "objcache"
     monkeypatch.setenv("SPARSEJIT_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tuning_log(tmp_path_factory: pytest.TempPathFactory):
+    """compile() reads the tuning log: no test may see (or write) the user's own, where plans
+    tuned on this machine would change which kernels the tests exercise."""
+    path = tmp_path_factory.mktemp("tuning") / "tuning.jsonl"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPARSEJIT_TUNING_LOG", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,18 @@ def density(weight: np.ndarray) -> float:
     return float(np.count_nonzero(weight)) / max(1, weight.size)
 
 
+def accumulator_budget(target: Target) -> int:
+    """Vector registers a kernel may hold accumulators in: the rest holds the loaded input
+    vectors and the broadcast weights."""
+    return target.vector_registers - (6 if target.vector_registers > 16 else 4)
+
+
+def unrolled_fits(nonzeros: int, rows_per_tile: int, vectors_per_row: int) -> bool:
+    """Is the unrolled form's estimated code small enough (one FMA per nonzero and vector)?"""
+    fmas = nonzeros * rows_per_tile * vectors_per_row
+    return fmas * UNROLLED_BYTES_PER_FMA <= UNROLLED_MAX_CODE_BYTES
+
+
 def _tile(rows: int, vectors: int, budget: int) -> tuple[int, int]:
     """(rows_per_tile, vectors_per_row) with at most `budget` accumulators and little waste:
     whole rows of vectors first, then as many rows as fit, preferring a row count whose last
@@ -66,8 +78,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     v = target.vector_width
     dense = density(weight) >= DENSE_THRESHOLD
     vectors = -(-workload.out_width // v)
-    # leave registers for the loaded input vectors and the broadcast weights
-    budget = target.vector_registers - (6 if target.vector_registers > 16 else 4)
+    budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
     if dense:
         mb = next(m for m in (4, 3, 2, 1) if mg % m == 0)
@@ -86,10 +97,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                           channels_per_block=mb, unroll=unroll, split_accumulators=split,
                           channel_chunk=chunk,
                           loop_order="tile_block" if dense and chunk else "block_tile")
-    if not dense:
-        fmas = np.count_nonzero(weight) * rb * cb
-        if fmas * UNROLLED_BYTES_PER_FMA <= UNROLLED_MAX_CODE_BYTES:
-            plan = replace(plan, form="unrolled", channel_chunk=0, loop_order="block_tile")
+    if not dense and unrolled_fits(int(np.count_nonzero(weight)), rb, cb):
+        plan = replace(plan, form="unrolled", channel_chunk=0, loop_order="block_tile")
     return apply_override(plan, override, layer)
 
 

@@ -98,7 +98,8 @@ class CompiledModel:
             if batch == 0:
                 raise InputError(f"input '{name}': batch size 0")
             checked[name] = x
-        return checked, batch if batch is not None else (self._static_batch() or 1)
+        static = self._static_batch()
+        return checked, batch if batch is not None else (static if static is not None else 1)
 
     # -- programs -------------------------------------------------------------------------------
     def program(self, batch: int | None = None):

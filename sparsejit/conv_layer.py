@@ -1,0 +1,61 @@
+"""One conv layer's kernel from its spec and a plan: input layout, pattern, IR (no LLVM calls).
+
+The spec is what lowering knows about a layer once the graph is bound (workload, folded weights,
+epilogue, the layouts its producer and consumers agreed on); the plan is the only free choice.
+Lowering renders each layer once with its chosen plan; the autotuner renders the same spec
+with many plans, so both go through `render_conv` and time exactly the code compile() makes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .codegen.direct_conv import kernel_symbol, render_direct_conv
+from .kernels.direct_conv import ConvWorkload, DirectConvPlan, Epilogue, Pattern, build_pattern, input_extent
+from .kernels.layout import Layout
+from .targets import Target
+
+
+@dataclass(frozen=True, eq=False)
+class ConvSpec:
+    """Everything a conv kernel is generated from except its plan (a 1x1 conv over flat planes
+    is already flattened: `workload` is the one the kernel computes)."""
+
+    name: str
+    workload: ConvWorkload
+    weight: np.ndarray  # float32 [M, C/G, R, S], BatchNorm and scales folded in
+    bias: np.ndarray  # float32 [M]
+    epilogue: Epilogue
+    in_layout: Layout  # the producer's buffer layout
+    out_layout: Layout
+
+
+@dataclass(frozen=True, eq=False)
+class ConvCode:
+    """A rendered kernel and what running it needs."""
+
+    plan: DirectConvPlan
+    pattern: Pattern
+    in_layout: Layout  # the layout the kernel reads: the producer's, or its private packed copy
+    pack: Layout | None  # the private copy's layout when the input is packed first, else None
+    ir: str
+    symbol: str
+
+    def input_floats(self, workload: ConvWorkload, images: int) -> int:
+        """Floats the kernel's input buffer must hold for `images` images (its over-reads too)."""
+        extent = input_extent(workload, self.in_layout, self.plan, self.pattern)
+        return (images - 1) * self.in_layout.image_stride + max(self.in_layout.image_stride, extent)
+
+
+def render_conv(spec: ConvSpec, plan: DirectConvPlan, target: Target) -> ConvCode:
+    """The kernel of `spec` with `plan`. Raises ValueError when the plan cannot block this layer."""
+    wl, in_layout, pack = spec.workload, spec.in_layout, None
+    if wl.strides[1] != 1 or plan.aligned_copies:
+        # strided convs read a phase-split copy; aligned_copies one copy per column shift
+        pack = in_layout = wl.input_layout(target.vector_width, shifted=plan.aligned_copies)
+    pattern = build_pattern(spec.weight, wl, in_layout, plan)
+    ir = render_direct_conv(spec.name, wl, plan, pattern, spec.bias, spec.epilogue, in_layout,
+                            spec.out_layout, target.name)
+    return ConvCode(plan, pattern, in_layout, pack, ir, kernel_symbol(spec.name, plan))

@@ -1,0 +1,158 @@
+"""The search space of one conv layer: which plans the autotuner tries, in which order.
+
+The knobs are the register block (rows x vectors of accumulators, within the target's register
+budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
+order, aligned input copies, and the form (the unrolled form only while its code stays small).
+The default plan comes first, so every tuning run measures the baseline; then neighbours of the
+default (one knob changed: where the heuristics of select.py are most likely off by one step),
+then a seeded sample of the whole space (knobs that only pay off together).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import zlib
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..kernels import select
+from ..kernels.direct_conv import ConvWorkload, DirectConvPlan
+from ..targets import Target
+
+SPARSE_BLOCKS = (1, 2, 4)
+DENSE_BLOCKS = (4, 6, 8)
+UNROLLS = (1, 2, 4)
+CHUNKS = (0, 16, 32, 64, 128)
+ORDERS = ("block_tile", "tile_block")
+# A register block covering more than this much padded output (rows rounded up to whole tiles,
+# vectors to whole row blocks) mostly computes garbage lanes: not worth a measurement.
+MAX_TILE_WASTE = 1.25
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """What the validity rules need to know about the layer."""
+
+    registers: int  # accumulator budget
+    nonzeros: int
+    dense: bool
+    out_rows: int
+    out_vectors: int
+    out_per_group: int
+    in_per_group: int
+    group: int
+
+
+@dataclass(frozen=True)
+class _Knobs:
+    form: str
+    tile: tuple[int, int]
+    block: int
+    unroll: int
+    chunk: int
+    order: str
+    aligned: bool
+
+
+def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budget: int = 24,
+               seed: int = 0) -> list[DirectConvPlan]:
+    """At most `budget` distinct valid plans for this layer: the default first, then neighbours
+    of the default and a sample of the whole space, chosen deterministically from `seed`."""
+    default = select.choose_conv(workload, weight, target)
+    if budget <= 1:
+        return [default]
+    layer = _layer(workload, weight, target)
+    axes = _axes(workload, layer, default)
+    base = _knobs_of(default)
+    seen = {_canonical(default)}
+    near = _distinct((_plan(k, default, layer) for k in _neighbours(base, axes)), seen)
+    wide = _distinct((_plan(_Knobs(*values), default, layer)
+                      for values in itertools.product(*axes.values())), seen)
+    rng = random.Random(seed * 1_000_003 + zlib.crc32(repr(workload).encode()))
+    rng.shuffle(near)
+    rng.shuffle(wide)
+    room = budget - 1
+    take_near = min(len(near), max(room - len(wide), (room + 1) // 2))
+    return [default, *near[:take_near], *wide[:room - take_near]]
+
+
+def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target) -> _Layer:
+    return _Layer(select.accumulator_budget(target), int(np.count_nonzero(weight)),
+                  select.density(weight) >= select.DENSE_THRESHOLD,
+                  workload.out_height, -(-workload.out_width // target.vector_width),
+                  workload.out_channels // workload.group, workload.in_channels // workload.group,
+                  workload.group)
+
+
+def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan) -> dict[str, list]:
+    """The values of every knob, the default's included (field order of _Knobs)."""
+    blocks = sorted({*(DENSE_BLOCKS if layer.dense else SPARSE_BLOCKS), default.channels_per_block})
+    tiles = sorted({(rb, cb)
+                    for rb in range(1, min(layer.out_rows, layer.registers) + 1)
+                    for cb in range(1, min(layer.out_vectors, layer.registers) + 1)
+                    if rb * cb <= layer.registers and _tile_waste(layer, rb, cb) <= MAX_TILE_WASTE}
+                   | {(default.rows_per_tile, default.vectors_per_row)})
+    chunks = sorted({c for c in CHUNKS if c < layer.in_per_group} | {default.channel_chunk})
+    # aligned copies only change loads of kernels with more than one column shift
+    aligned = [False, True] if workload.column_shifts() > 1 else [default.aligned_copies]
+    return {"form": ["table", "unrolled"], "tile": tiles, "block": blocks,
+            "unroll": sorted({*UNROLLS, default.unroll}), "chunk": chunks, "order": list(ORDERS),
+            "aligned": sorted(set(aligned) | {default.aligned_copies})}
+
+
+def _tile_waste(layer: _Layer, rows: int, vectors: int) -> float:
+    covered = -(-layer.out_rows // rows) * rows * -(-layer.out_vectors // vectors) * vectors
+    return covered / (layer.out_rows * layer.out_vectors)
+
+
+def _knobs_of(plan: DirectConvPlan) -> _Knobs:
+    return _Knobs(plan.form, (plan.rows_per_tile, plan.vectors_per_row), plan.channels_per_block,
+                  plan.unroll, plan.channel_chunk, plan.loop_order, plan.aligned_copies)
+
+
+def _neighbours(base: _Knobs, axes: dict[str, list]):
+    """Every knob setting that differs from `base` in one knob."""
+    for name, values in axes.items():
+        for value in values:
+            if value != getattr(base, name):
+                yield replace(base, **{name: value})
+
+
+def _plan(k: _Knobs, default: DirectConvPlan, layer: _Layer) -> DirectConvPlan | None:
+    """The plan for these knob values, or None when it is invalid for this layer or target."""
+    rb, cb = k.tile
+    accumulators = rb * cb * k.block
+    if accumulators > layer.registers or k.block > layer.out_per_group:
+        return None
+    if layer.group > 1 and layer.out_per_group % k.block:
+        return None  # a block must not straddle two groups (build_pattern's rule)
+    if k.form == "unrolled" and not select.unrolled_fits(layer.nonzeros, rb, cb):
+        return None
+    # short register blocks: one accumulator set per unrolled nonzero hides the FMA latency
+    # (select.py's rule), as long as the sets still fit
+    split = (k.form == "table" and accumulators < 4 and k.unroll > 1
+             and accumulators * k.unroll <= layer.registers)
+    try:
+        return replace(default, form=k.form, rows_per_tile=rb, vectors_per_row=cb,
+                       channels_per_block=k.block, unroll=k.unroll, split_accumulators=split,
+                       channel_chunk=k.chunk, loop_order=k.order, aligned_copies=k.aligned)
+    except ValueError:  # e.g. the unrolled form with channel passes
+        return None
+
+
+def _canonical(plan: DirectConvPlan) -> DirectConvPlan:
+    """Plans that generate the same code compare equal: the unrolled form has no loop to unroll."""
+    if plan.form == "unrolled":
+        return replace(plan, unroll=1, split_accumulators=False)
+    return plan
+
+
+def _distinct(plans, seen: set[DirectConvPlan]) -> list[DirectConvPlan]:
+    out = []
+    for plan in plans:
+        if plan is not None and _canonical(plan) not in seen:
+            seen.add(_canonical(plan))
+            out.append(plan)
+    return out

@@ -1,0 +1,105 @@
+"""Measuring one candidate: every valid plan verifies; wrong, broken and slow ones are results."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sparsejit import conv_layer
+from sparsejit.kernels import select
+from sparsejit.kernels.direct_conv import ConvWorkload
+from sparsejit.tune import measure as measure_mod
+from sparsejit.tune.measure import measure
+from sparsejit.tune.space import candidates
+
+from .layers import GROUPED, HOST, SPARSE_3X3, STRIDED, make_spec
+
+
+@pytest.mark.parametrize("wl, density, activation", [
+    (SPARSE_3X3, 0.3, "relu"),
+    (SPARSE_3X3, 1.0, "none"),
+    (STRIDED, 0.5, "leaky_relu"),
+    (GROUPED, 0.3, "relu"),
+    (ConvWorkload(24, 1, 37, 8, (1, 1)), 0.5, "clip"),  # a flattened pointwise conv
+], ids=["sparse", "dense", "strided", "grouped", "pointwise"])
+def test_every_candidate_of_a_small_space_verifies(wl, density, activation):
+    spec = make_spec(wl, density, activation=activation)
+    plans = candidates(wl, spec.weight, HOST, budget=6)
+    results = [measure(spec, p, HOST, repeats=3, time_bound=1.0) for p in plans]
+    for r in results:
+        assert r.status == "ok", f"{r.plan.variant()}: {r.status} {r.error}"
+        assert 1 <= len(r.times) <= 3 and r.median_s == pytest.approx(np.median(r.times))
+        assert r.median_s > 0 and r.calls_per_sample >= 1
+
+
+@pytest.mark.parametrize("override", [{"aligned_copies": True}, {"form": "unrolled"},
+                                      {"channel_chunk": 16, "loop_order": "tile_block"},
+                                      {"rows_per_tile": 1, "unroll": 4, "split_accumulators": True}])
+def test_each_knob_verifies(override):
+    spec = make_spec(SPARSE_3X3, 0.2)
+    plan = select.apply_override(select.choose_conv(SPARSE_3X3, spec.weight, HOST), override, "x")
+    r = measure(spec, plan, HOST, repeats=2)
+    assert r.status == "ok", r.error
+
+
+def test_a_wrong_kernel_is_caught(monkeypatch):
+    real = conv_layer.build_pattern
+
+    def corrupted(*args):
+        pattern = real(*args)
+        pattern.weights[len(pattern.weights) // 2] += 1.0  # one weight off by one
+        return pattern
+
+    monkeypatch.setattr(conv_layer, "build_pattern", corrupted)
+    spec = make_spec(SPARSE_3X3, 0.3, activation="none")
+    r = measure(spec, select.choose_conv(SPARSE_3X3, spec.weight, HOST), HOST, repeats=3)
+    assert r.status == "wrong" and "max error" in r.error
+    assert r.median_s is None and r.times == []
+
+
+def test_a_kernel_writing_into_the_output_pads_is_caught(monkeypatch):
+    spec = make_spec(SPARSE_3X3, 0.3)
+    # the kernel is told the output interior starts one row early: it writes into the top pad
+    shifted = replace(spec.out_layout, pad_top=0, rows=spec.out_layout.rows)
+    real = conv_layer.render_direct_conv
+    monkeypatch.setattr(conv_layer, "render_direct_conv",
+                        lambda *a: real(*a[:7], shifted, *a[8:]))
+    plan = select.choose_conv(SPARSE_3X3, spec.weight, HOST)
+    r = measure(spec, plan, HOST, repeats=3)
+    assert r.status == "wrong" and "max error" in r.error
+    # with the values check out of the way, the pads check alone catches it
+    monkeypatch.setattr(measure_mod, "mismatch", lambda got, expected: None)
+    r = measure(spec, plan, HOST, repeats=3)
+    assert r.status == "wrong" and r.error == "wrote outside the output interior"
+
+
+def test_a_plan_that_cannot_block_the_layer_is_an_error():
+    spec = make_spec(GROUPED, 0.5)  # 4 output channels per group
+    plan = replace(select.choose_conv(GROUPED, spec.weight, HOST), channels_per_block=3)
+    r = measure(spec, plan, HOST)
+    assert r.status == "error" and "channels_per_block=3" in r.error
+
+
+def test_a_compile_failure_is_an_error(monkeypatch):
+    monkeypatch.setattr(measure_mod.llvm, "compile_object",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("generated IR does not verify")))
+    spec = make_spec(SPARSE_3X3)
+    r = measure(spec, select.choose_conv(SPARSE_3X3, spec.weight, HOST), HOST)
+    assert r.status == "error" and "does not verify" in r.error
+
+
+def test_the_time_bound(monkeypatch):
+    spec = make_spec(SPARSE_3X3)
+    plan = select.choose_conv(SPARSE_3X3, spec.weight, HOST)
+    r = measure(spec, plan, HOST, repeats=1000, time_bound=1e-9)
+    assert r.status == "timeout" and "bound" in r.error
+    r = measure(spec, plan, HOST, repeats=1000, time_bound=0.05)
+    assert r.status == "ok" and 3 <= len(r.times) < 1000  # stopped early, still a median
+
+
+def test_threads_split_the_channel_blocks_as_the_runtime_does():
+    spec = make_spec(SPARSE_3X3, 0.3)
+    r = measure(spec, select.choose_conv(SPARSE_3X3, spec.weight, HOST), HOST, repeats=3, threads=2)
+    assert r.status == "ok", r.error

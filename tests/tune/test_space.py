@@ -1,0 +1,81 @@
+"""The search space: the default first, distinct valid plans within the register budget."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from sparsejit import targets
+from sparsejit.kernels import select
+from sparsejit.kernels.direct_conv import ConvWorkload
+from sparsejit.tune.space import candidates
+
+from .layers import GROUPED, SPARSE_3X3, STRIDED, weights
+
+CASES = {
+    "sparse": (SPARSE_3X3, 0.3),
+    "dense": (SPARSE_3X3, 1.0),
+    "strided": (STRIDED, 0.5),
+    "grouped": (GROUPED, 0.3),
+    "pointwise": (ConvWorkload(256, 1, 49, 64, (1, 1)), 0.2),
+}
+
+
+def _canonical(plan):
+    return replace(plan, unroll=1, split_accumulators=False) if plan.form == "unrolled" else plan
+
+
+@pytest.mark.parametrize("target_name", ["sse", "avx2", "avx512"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_candidates_are_distinct_valid_plans_default_first(case, target_name):
+    wl, density = CASES[case]
+    w = weights(wl, density, seed=3)
+    tgt = targets.get(target_name)
+    plans = candidates(wl, w, tgt, budget=40)
+    assert plans[0] == select.choose_conv(wl, w, tgt)
+    assert 1 < len(plans) <= 40
+    assert len({_canonical(p) for p in plans}) == len(plans), "duplicates"
+    registers = select.accumulator_budget(tgt)
+    cg, mg = wl.in_channels // wl.group, wl.out_channels // wl.group
+    for p in plans:
+        what = f"{case} {target_name} {p.variant()}"
+        assert p.vector_width == tgt.vector_width, what
+        assert p.accumulators <= registers, what
+        assert p.channel_chunk == 0 or p.channel_chunk < cg, what
+        assert wl.group == 1 or mg % p.channels_per_block == 0, what
+        if p.form == "unrolled" and p is not plans[0]:
+            assert select.unrolled_fits(int((w != 0).sum()), p.rows_per_tile, p.vectors_per_row)
+        if p.aligned_copies:
+            assert wl.column_shifts() > 1, what
+
+
+def test_dense_layers_block_more_channels():
+    wl, _ = CASES["sparse"]
+    host = targets.get("avx512")
+    sparse = {p.channels_per_block for p in candidates(wl, weights(wl, 0.2, 1), host, 200)}
+    dense = {p.channels_per_block for p in candidates(wl, weights(wl, 1.0, 1), host, 200)}
+    assert sparse <= {1, 2, 4} and dense <= {4, 6, 8}
+    assert len(sparse) > 1 and len(dense) > 1
+
+
+def test_deterministic_and_budgeted():
+    wl, density = CASES["sparse"]
+    w = weights(wl, density, seed=5)
+    host = targets.get("avx512")
+    assert candidates(wl, w, host, 12) == candidates(wl, w, host, 12)
+    assert candidates(wl, w, host, 12, seed=1) != candidates(wl, w, host, 12)
+    assert candidates(wl, w, host, 1) == [select.choose_conv(wl, w, host)]
+    small = candidates(wl, w, host, 5)
+    assert len(small) == 5 and small[0] == candidates(wl, w, host, 30)[0]
+
+
+def test_the_space_covers_every_knob():
+    wl, density = CASES["sparse"]
+    plans = candidates(wl, weights(wl, density, seed=2), targets.get("avx512"), budget=10_000)
+    assert {p.form for p in plans} == {"table", "unrolled"}
+    assert {p.loop_order for p in plans} == {"block_tile", "tile_block"}
+    assert {p.aligned_copies for p in plans} == {False, True}
+    assert {p.unroll for p in plans if p.form == "table"} == {1, 2, 4}
+    assert {p.channel_chunk for p in plans} == {0, 16, 32}  # < 40 channels
+    assert len({(p.rows_per_tile, p.vectors_per_row) for p in plans}) > 5
