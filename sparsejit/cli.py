@@ -25,7 +25,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             out = Path(directory)
             out.mkdir(parents=True, exist_ok=True)
             for info in cm.layers:
-                if info.ir:
+                if info.source is not None:
                     text = info.ir if kind == "ll" else cm.asm(info.name)
                     (out / f"{info.symbol}.{kind}").write_text(text)
             print(f"wrote {kind} files to {out}")

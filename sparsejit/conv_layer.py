@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codegen.direct_conv import kernel_symbol, render_direct_conv
+from .codegen.render import KernelSource
 from .kernels.direct_conv import ConvWorkload, DirectConvPlan, Epilogue, Pattern, build_pattern, input_extent
 from .kernels.layout import Layout
 from .targets import Target
@@ -40,8 +41,12 @@ class ConvCode:
     pattern: Pattern
     in_layout: Layout  # the layout the kernel reads: the producer's, or its private packed copy
     pack: Layout | None  # the private copy's layout when the input is packed first, else None
-    ir: str
+    source: KernelSource
     symbol: str
+
+    @property
+    def ir(self) -> str:
+        return self.source.text
 
     def input_floats(self, workload: ConvWorkload, images: int) -> int:
         """Floats the kernel's input buffer must hold for `images` images (its over-reads too)."""
@@ -56,6 +61,9 @@ def render_conv(spec: ConvSpec, plan: DirectConvPlan, target: Target) -> ConvCod
         # strided convs read a phase-split copy; aligned_copies one copy per column shift
         pack = in_layout = wl.input_layout(target.vector_width, shifted=plan.aligned_copies)
     pattern = build_pattern(spec.weight, wl, in_layout, plan)
-    ir = render_direct_conv(spec.name, wl, plan, pattern, spec.bias, spec.epilogue, in_layout,
-                            spec.out_layout, target.name)
-    return ConvCode(plan, pattern, in_layout, pack, ir, kernel_symbol(spec.name, plan))
+    source = KernelSource(
+        lambda: render_direct_conv(spec.name, wl, plan, pattern, spec.bias, spec.epilogue,
+                                   in_layout, spec.out_layout, target.name),
+        "direct_conv", spec.name, wl, plan, *pattern.arrays(), spec.bias, spec.epilogue, in_layout,
+        spec.out_layout, target.name)
+    return ConvCode(plan, pattern, in_layout, pack, source, kernel_symbol(spec.name, plan))

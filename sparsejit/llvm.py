@@ -92,10 +92,26 @@ def compile_object(ir_text: str, target: Target, opt: int = 2) -> tuple[bytes, b
     cached = objcache.load(key)
     if cached is not None:
         return cached, True
+    obj = _emit_object(ir_text, target, opt)
+    objcache.store(key, obj)
+    return obj, False
+
+
+def _emit_object(ir_text: str, target: Target, opt: int) -> bytes:
     with _lock:
         module = _parse(ir_text)
         tm = _configure(module, target, opt)
-        obj = tm.emit_object(module)
+        return tm.emit_object(module)
+
+
+def compile_source(source, target: Target, opt: int = 2) -> tuple[bytes, bool]:
+    """Like compile_object for a `KernelSource`: keyed by what the IR is rendered from, so a
+    cached kernel is loaded without rendering its IR."""
+    key = objcache.key("source", source.key, target.cpu, target.features, str(opt), toolchain_id())
+    cached = objcache.load(key)
+    if cached is not None:
+        return cached, True
+    obj = _emit_object(source.text, target, opt)
     objcache.store(key, obj)
     return obj, False
 

@@ -22,6 +22,7 @@ from .codegen.direct_conv import kernel_symbol as conv_symbol
 from .codegen.direct_conv import render_direct_conv
 from .codegen.gemm import kernel_symbol as gemm_symbol
 from .codegen.gemm import render_gemm
+from .codegen.render import KernelSource
 from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
@@ -48,7 +49,7 @@ class LayerInfo:
     density: float | None = None
     nonzeros: int | None = None
     code_bytes: int = 0
-    ir: str | None = None
+    source: KernelSource | None = None  # the kernel's IR (rendered on demand), None: numpy
     symbol: str | None = None
     opt: int = 2
     compile_seconds: float = 0.0
@@ -58,6 +59,10 @@ class LayerInfo:
     tuned: bool = False  # the plan came from the tuning log
     workload_key: str | None = None  # conv layers: the tuning log's key
     spec: ConvSpec | None = None  # conv layers: what the kernel was generated from (autotune)
+
+    @property
+    def ir(self) -> str | None:
+        return None if self.source is None else self.source.text
 
 
 @dataclass
@@ -183,7 +188,7 @@ class _Builder:
         self.graph, self.target, self.batch, self.overrides = graph, target, batch, overrides
         self.steps: list[st.Step] = []
         self.layers: list[LayerInfo] = []
-        self.kernels: list[tuple[LayerInfo, str, int]] = []  # (info, ir, opt)
+        self.kernels: list[LayerInfo] = []
         self.bind: list[tuple[st.Step, str, type]] = []  # steps waiting for a function pointer
         self.scratch: dict[str, int] = {}
         self.extent: dict[str, int] = {}  # tensor -> floats its readers may touch
@@ -216,7 +221,7 @@ class _Builder:
                          symbol=code.symbol, opt=plan.codegen_opt,
                          dense_flops=wl.dense_flops * self.images(x), fused=list(node.fused),
                          tuned=tuned, workload_key=key, spec=spec)
-        info.ir = code.ir
+        info.source = code.source
         images = self.images(x)
         floats = code.input_floats(wl, images)
         if code.pack is None:
@@ -257,8 +262,12 @@ class _Builder:
                          select.density(weight), pattern.nonzeros,
                          symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
                          dense_flops=2 * m * c * n, fused=list(node.fused))
-        info.ir = render_direct_conv(node.name, wl, plan, pattern, bias, _epilogue(node), in_layout,
-                                     out_layout, self.target.name)
+        epilogue, tname = _epilogue(node), self.target.name
+        info.source = KernelSource(
+            lambda: render_direct_conv(node.name, wl, plan, pattern, bias, epilogue, in_layout,
+                                       out_layout, tname),
+            "sparse_fc", node.name, wl, plan, *pattern.arrays(), bias, epilogue, in_layout,
+            out_layout, tname)
         self.scratch[node.name + ":in"] = max(in_layout.image_stride,
                                               input_extent(wl, in_layout, plan, pattern))
         self.scratch[node.name + ":out"] = out_layout.image_stride
@@ -275,7 +284,9 @@ class _Builder:
                          select.density(weight), int(np.count_nonzero(weight)),
                          symbol=gemm_symbol(node.name, plan), opt=plan.codegen_opt,
                          dense_flops=2 * m * c * self.batch, fused=list(node.fused))
-        info.ir = render_gemm(node.name, wl, plan, bias, _epilogue(node), self.target.name)
+        epilogue, tname = _epilogue(node), self.target.name
+        info.source = KernelSource(lambda: render_gemm(node.name, wl, plan, bias, epilogue, tname),
+                                   "gemm", node.name, wl, plan, bias, epilogue, tname)
         step = st.GemmKernel(node.name, node.inputs[0], node.outputs[0], None,
                              pack_weights(weight, plan), plan.tiles(m), m)
         self._add_kernel(step, info, st.GemmFn)
@@ -292,7 +303,7 @@ class _Builder:
     def _add_kernel(self, step: st.Step, info: LayerInfo, fn_type: type) -> None:
         self.steps.append(step)
         self.layers.append(info)
-        self.kernels.append((info, info.ir, info.opt))
+        self.kernels.append(info)
         self.bind.append((step, info.symbol, fn_type))
 
 
@@ -315,7 +326,7 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
         else:
             b.reference(node, layouts)
 
-    kernel_layers = {info.name for info in b.layers if info.ir}
+    kernel_layers = {info.name for info in b.layers if info.source is not None}
     unknown = sorted(set(overrides or {}) - kernel_layers)
     if unknown:
         raise InvalidPlanError(f"plans given for {unknown}, which are not kernel layers of this "
@@ -361,9 +372,9 @@ def _reads(step: st.Step) -> list[str]:
 
 def _compile(b: _Builder, target: Target, load: bool) -> llvm.CodeLibrary | None:
     objects = []
-    for info, ir, opt in b.kernels:
+    for info in b.kernels:
         start = time.perf_counter()
-        obj, cached = llvm.compile_object(ir, target, opt)
+        obj, cached = llvm.compile_source(info.source, target, info.opt)
         info.compile_seconds = time.perf_counter() - start
         info.cached, info.code_bytes = cached, len(obj)
         objects.append(obj)

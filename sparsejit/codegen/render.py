@@ -5,6 +5,7 @@ Templates are rendered with StrictUndefined: a missing parameter is an error, no
 
 from __future__ import annotations
 
+import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +31,35 @@ def environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
+
+
+@lru_cache(maxsize=1)
+def templates_digest() -> str:
+    """A hash of every template's text: part of each kernel's source key."""
+    h = hashlib.sha256()
+    for path in sorted(_template_dir().glob("*.j2")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+class KernelSource:
+    """A kernel's IR, rendered only when needed, and a key naming everything it is rendered
+    from: a warm object cache then loads the object without rendering (or hashing) the IR."""
+
+    def __init__(self, render_fn, *key_parts: object) -> None:
+        h = hashlib.sha256(templates_digest().encode())
+        for part in key_parts:
+            data = part.tobytes() if isinstance(part, np.ndarray) else repr(part).encode()
+            h.update(len(data).to_bytes(8, "little") + data)
+        self.key = h.hexdigest()
+        self._render = render_fn
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self._render()
+        return self._text
 
 
 def render(template: str, **params: object) -> str:

@@ -141,11 +141,15 @@ class Pattern:
     channels: np.ndarray  # int64 [blocks, channels_per_block]: output channel, -1 = none
     nonzeros: int  # true nonzeros of the weight tensor
     chunks: int = 1
-    digest: str = field(default="")
+    digest: str = field(default="")  # sha256 of the pattern's arrays (hex)
 
     @property
     def blocks(self) -> int:
         return len(self.channels)
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays that define the pattern (what a cache key must cover)."""
+        return (self.segment_start, self.offsets, self.weights, self.channels)
 
     @property
     def entries(self) -> int:
@@ -198,7 +202,7 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     for arr in (offsets, weights, channels, starts):
         h.update(np.ascontiguousarray(arr).tobytes())
     return Pattern(starts, offsets, weights, channels, int(np.count_nonzero(weight)), chunks,
-                   h.hexdigest()[:16])
+                   h.hexdigest())
 
 
 def tiles(workload: ConvWorkload, plan: DirectConvPlan) -> tuple[int, int]:

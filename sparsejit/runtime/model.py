@@ -177,20 +177,20 @@ class CompiledModel:
         for info in self.layers:
             if info.name == name:
                 return info
-        known = ", ".join(i.name for i in self.layers if i.ir)
+        known = ", ".join(i.name for i in self.layers if i.source is not None)
         raise KeyError(f"no layer '{name}' in model '{self.name}'; layers with kernels: {known}")
 
     def ir(self, layer: str) -> str:
         """The LLVM IR module generated for `layer` (its ONNX node name)."""
         info = self._layer(layer)
-        if info.ir is None:
+        if info.source is None:
             raise KeyError(f"layer '{layer}' ({info.op}) runs in the numpy reference: no IR")
         return info.ir
 
     def asm(self, layer: str) -> str:
         """The assembly of `layer`'s kernel for the compiled target."""
         info = self._layer(layer)
-        if info.ir is None:
+        if info.source is None:
             raise KeyError(f"layer '{layer}' ({info.op}) runs in the numpy reference: no assembly")
         return llvm.assembly(info.ir, self.target, info.opt)
 
@@ -206,7 +206,7 @@ class CompiledModel:
                          "" if i.density is None else f"{i.density:.3f}",
                          "" if i.nonzeros is None else str(i.nonzeros),
                          f"{i.code_bytes / 1024:.1f}" if i.code_bytes else "",
-                         ("cached" if i.cached else f"{i.compile_seconds:.2f}s") if i.ir else ""))
+                         ("cached" if i.cached else f"{i.compile_seconds:.2f}s") if i.source else ""))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
         lines = [f"model '{self.name}' on target {self.target.name} ({self.target.cpu}, "
                  f"{self.target.vector_width} x f32), batch {prog.batch}, threads {self.threads}"]
