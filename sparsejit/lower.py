@@ -228,7 +228,8 @@ class _Builder:
             self.extent[x] = max(self.extent.get(x, 0), floats)
         else:
             self.scratch[node.name] = floats
-        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, code.pack, images)
+        flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
+        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, code.pack, images, flops)
         self._add_kernel(step, info, st.ConvFn)
 
     def _conv_code(self, spec: ConvSpec, key: str) -> tuple[ConvCode, bool]:

@@ -18,6 +18,7 @@ import pytest
 import sparsejit
 from sparsejit import models
 from sparsejit.kernels.select import DENSE_THRESHOLD
+from sparsejit.runtime import steps
 from tests.onnx_helpers import run_ort
 from tests.tolerances import assert_close
 
@@ -153,7 +154,9 @@ def test_static_batch_matches_onnxruntime(name):
 # (Binding a batch size renders every kernel again, seconds for the big nets even with a warm
 # object cache: the cases below reuse the bindings made above where they can.)
 @pytest.mark.parametrize("name", ["tiny", "caffenet", "googlenet"])
-def test_one_or_two_threads_give_the_same_answer(name):
+def test_one_or_two_threads_give_the_same_answer(name, monkeypatch):
+    # split every kernel, however small (by default small ones run on the calling thread)
+    monkeypatch.setattr(steps, "MIN_PARALLEL_FLOPS", 1)
     model = built(name)
     x = image(model, 3, SEED)
     one = compiled(name, threads=1).run({"data": x})

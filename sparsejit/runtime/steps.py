@@ -67,15 +67,24 @@ def split_range(total: int, parts: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1]) for i in range(parts) if bounds[i] < bounds[i + 1]]
 
 
+# Handing work to a Python thread costs ~0.1-0.3 ms of wake-up latency here, so a kernel is
+# split only when each share is well above that.
+MIN_PARALLEL_FLOPS = 20_000_000
+
+
 def parallel(pool: ThreadPoolExecutor | None, threads: int, work: Callable[[int, int], None],
-             total: int) -> None:
-    """Run work(begin, end) over [0, total) in `threads` contiguous chunks."""
+             total: int, flops: int = MIN_PARALLEL_FLOPS * 8) -> None:
+    """Run work(begin, end) over [0, total) in up to `threads` contiguous chunks, the first on
+    the calling thread; small jobs (under MIN_PARALLEL_FLOPS per extra thread) run inline."""
+    threads = max(1, min(threads, flops // MIN_PARALLEL_FLOPS))
     chunks = split_range(total, threads)
     if pool is None or len(chunks) <= 1:
         for begin, end in chunks:
             work(begin, end)
         return
-    for future in [pool.submit(work, b, e) for b, e in chunks]:
+    futures = [pool.submit(work, b, e) for b, e in chunks[1:]]
+    work(*chunks[0])
+    for future in futures:
         future.result()
 
 
@@ -105,6 +114,7 @@ class ConvKernel(Step):
     blocks: int
     pack_layout: Layout | None  # private phase-split copy of the input, or None to read in place
     images: int  # the input's dim 0
+    flops: int = MIN_PARALLEL_FLOPS * 8  # nonzero flops of one call: decides whether to split
 
     def run(self, env, arena, pool, threads):
         if self.pack_layout is not None:
@@ -117,10 +127,10 @@ class ConvKernel(Step):
         in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
         if self.blocks >= threads or n == 1:
             parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, 0, n, b0, b1),
-                     self.blocks)
+                     self.blocks, self.flops)
         else:
             parallel(pool, threads, lambda n0, n1: self.fn(in_ptr, out_ptr, n0, n1, 0, self.blocks),
-                     n)
+                     n, self.flops)
         env[self.output] = arena.views[self.output]
 
 
