@@ -91,8 +91,15 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     # Input-channel passes keep the slice of input a pass touches near L1 (measured on ResNet-50
     # 1x1 and CaffeNet 3x3 layers: up to 2x); dense layers also visit every channel block per
     # tile, so the tile's input stays in L1 while the weights stream.
+    # A pass reloads and stores the tile's partial sums: worth it only when a pass has enough
+    # nonzeros per output channel to amortise that (>= 16 expected entries per segment; a
+    # pruned FC layer at 10 % has ~3 per 32 channels, and chunking made it 2x slower).
     cg = workload.in_channels // workload.group
-    chunk = (64 if cg > 96 else 0) if dense else (32 if cg > 48 else 0)
+    taps = workload.kernel[0] * workload.kernel[1]
+    if dense:
+        chunk = 64 if cg > 96 else 0
+    else:
+        chunk = 32 if cg > 48 and density(weight) * 32 * taps >= 16 else 0
     plan = DirectConvPlan(form="table", vector_width=v, rows_per_tile=rb, vectors_per_row=cb,
                           channels_per_block=mb, unroll=unroll, split_accumulators=split,
                           channel_chunk=chunk,
