@@ -18,7 +18,7 @@ from . import config, targets
 from .errors import InputError
 from .frontend.onnx_import import import_graph, load_model
 from .graph import fold, passes
-from .graph.fuse import fuse_activations
+from .graph.fuse import fuse_activations, fuse_residual_adds
 from .graph.ir import Graph, Node, Value
 from .lower import Program, conv_lowerable, fc_weights, lower
 from .runtime.model import CompiledModel
@@ -40,6 +40,7 @@ def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None
     passes.fold_batchnorm(g)
     passes.fold_scale_shift(g)
     fold.simplify(g, batch)
+    fuse_residual_adds(g, conv_lowerable)
     fuse_activations(g, _kernel_layer)
     _materialize_constant_outputs(g)
     return lower(g, target, batch, plans, load=load)

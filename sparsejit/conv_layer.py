@@ -31,6 +31,7 @@ class ConvSpec:
     epilogue: Epilogue
     in_layout: Layout  # the producer's buffer layout
     out_layout: Layout
+    residual: Layout | None = None  # a fused Add's other operand, in its buffer's layout
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,7 +64,7 @@ def render_conv(spec: ConvSpec, plan: DirectConvPlan, target: Target) -> ConvCod
     pattern = build_pattern(spec.weight, wl, in_layout, plan)
     source = KernelSource(
         lambda: render_direct_conv(spec.name, wl, plan, pattern, spec.bias, spec.epilogue,
-                                   in_layout, spec.out_layout, target.name),
+                                   in_layout, spec.out_layout, target.name, spec.residual),
         "direct_conv", spec.name, wl, plan, *pattern.arrays(), spec.bias, spec.epilogue, in_layout,
-        spec.out_layout, target.name)
+        spec.out_layout, target.name, spec.residual)
     return ConvCode(plan, pattern, in_layout, pack, source, kernel_symbol(spec.name, plan))

@@ -209,10 +209,15 @@ class _Builder:
                 else np.zeros(wl.out_channels, np.float32)).astype(np.float32)
         x, y = node.inputs[0], node.outputs[0]
         in_layout, out_layout = layouts[x], layouts[y]
+        residual = node.attrs.get("residual")
+        res_layout = layouts[residual] if residual else None
         flat = flattened(wl, in_layout, out_layout)
-        if flat is not None:
+        if flat is not None and (res_layout is None or res_layout.is_plain):
             wl, in_layout, out_layout = flat
-        spec = ConvSpec(node.name, wl, weight, bias, _epilogue(node), in_layout, out_layout)
+            if res_layout is not None:
+                res_layout = Layout(res_layout.channels, 1, wl.width)
+        spec = ConvSpec(node.name, wl, weight, bias, _epilogue(node), in_layout, out_layout,
+                        res_layout)
         key = tuning_log.workload_key(wl, weight)
         code, tuned = self._conv_code(spec, key)
         plan, pattern = code.plan, code.pattern
@@ -229,7 +234,8 @@ class _Builder:
         else:
             self.scratch[node.name] = floats
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
-        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, code.pack, images, flops)
+        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, code.pack, images, flops,
+                             residual)
         self._add_kernel(step, info, st.ConvFn)
 
     def _conv_code(self, spec: ConvSpec, key: str) -> tuple[ConvCode, bool]:
@@ -368,6 +374,8 @@ def _reads(step: st.Step) -> list[str]:
         return []
     if isinstance(step, st.Reference):
         return [t for t in step.node.inputs if t]
+    if isinstance(step, st.ConvKernel) and step.residual:
+        return [step.input, step.residual]
     return [step.input]
 
 

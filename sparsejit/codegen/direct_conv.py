@@ -20,11 +20,13 @@ def kernel_symbol(layer: str, plan: DirectConvPlan) -> str:
 
 def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan, pattern: Pattern,
                        bias: np.ndarray, epilogue: Epilogue, in_layout: Layout,
-                       out_layout: Layout, target_name: str) -> str:
+                       out_layout: Layout, target_name: str,
+                       residual: Layout | None = None) -> str:
     """The IR module of one conv layer's kernel:
-    `void NAME(ptr in, ptr out, i64 n0, i64 n1, i64 b0, i64 b1)` computes images [n0, n1) and
-    channel blocks [b0, b1)."""
-    assert out_layout.phases == 1
+    `void NAME(ptr in, ptr out, ptr res, i64 n0, i64 n1, i64 b0, i64 b1)` computes images
+    [n0, n1) and channel blocks [b0, b1); with `residual` (a fused Add), it adds the tensor at
+    `res` (in that layout) before the activation, else `res` is unused."""
+    assert out_layout.phases == 1 and (residual is None or residual.phases == 1)
     v = plan.vector_width
     ty, tx = tiles(workload, plan)
     sh = workload.strides[0]
@@ -66,6 +68,11 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         weights_bytes=pattern.weights.size * 4,
         block_entries=_block_entries(pattern) if plan.form == "unrolled" else [],
         activation=epilogue.activation,
+        residual=residual is not None,
+        res_img=residual.image_stride if residual else 0,
+        res_ch=residual.channel_stride if residual else 0,
+        res_row=residual.row_stride if residual else 0,
+        res_origin=(residual.pad_top * residual.row_stride + residual.pad_left) if residual else 0,
         alpha_vec=splat(v, f"float {float_literal(epilogue.alpha)}"),
         clip_min_vec=splat(v, f"float {float_literal(epilogue.clip_min)}"),
         clip_max_vec=splat(v, f"float {float_literal(epilogue.clip_max)}"),

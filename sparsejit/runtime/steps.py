@@ -19,8 +19,9 @@ from ..graph.ir import Node
 from ..kernels.layout import Layout
 from .buffers import aligned_empty, aligned_zeros
 
-ConvFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                          ctypes.c_int64, ctypes.c_int64)
+# (in, out, residual or NULL, n0, n1, b0, b1)
+ConvFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                          ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
 GemmFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
                           ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
 
@@ -115,6 +116,7 @@ class ConvKernel(Step):
     pack_layout: Layout | None  # private phase-split copy of the input, or None to read in place
     images: int  # the input's dim 0
     flops: int = MIN_PARALLEL_FLOPS * 8  # nonzero flops of one call: decides whether to split
+    residual: str | None = None  # a fused Add's other operand, added in the epilogue
 
     def run(self, env, arena, pool, threads):
         if self.pack_layout is not None:
@@ -125,11 +127,13 @@ class ConvKernel(Step):
         dst = arena.buffer(self.output)
         n = self.images
         in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
+        res = arena.buffer(self.residual).ctypes.data if self.residual else None
         if self.blocks >= threads or n == 1:
-            parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, 0, n, b0, b1),
+            parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, res, 0, n, b0, b1),
                      self.blocks, self.flops)
         else:
-            parallel(pool, threads, lambda n0, n1: self.fn(in_ptr, out_ptr, n0, n1, 0, self.blocks),
+            parallel(pool, threads,
+                     lambda n0, n1: self.fn(in_ptr, out_ptr, res, n0, n1, 0, self.blocks),
                      n, self.flops)
         env[self.output] = arena.views[self.output]
 
@@ -151,7 +155,8 @@ class SparseFC(Step):
         src, dst = arena.scratch[self.layer + ":in"], arena.scratch[self.layer + ":out"]
         self.in_layout.write(src, np.ascontiguousarray(x.T, np.float32)[None, :, None, :])
         in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
-        parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, 0, 1, b0, b1), self.blocks)
+        parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, None, 0, 1, b0, b1),
+                 self.blocks)
         env[self.output] = np.ascontiguousarray(self.out_layout.read(dst, 1)[0, :, 0, :].T)
 
 

@@ -112,11 +112,14 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_boun
     dst = aligned_zeros(spec.out_layout.image_stride)
     dst[:] = SENTINEL
     in_ptr, out_ptr, blocks = src.ctypes.data, dst.ctypes.data, code.pattern.blocks
+    # a fused residual is timed against zeros: the reference then needs no change
+    res = aligned_zeros(spec.residual.image_stride) if spec.residual is not None else None
+    res_ptr = None if res is None else res.ctypes.data
 
     def run() -> None:  # as runtime.steps.ConvKernel runs it for one image
         if code.pack is not None:
             code.pack.write(src, x)
-        parallel(pool, threads, lambda b0, b1: fn(in_ptr, out_ptr, 0, 1, b0, b1), blocks)
+        parallel(pool, threads, lambda b0, b1: fn(in_ptr, out_ptr, res_ptr, 0, 1, b0, b1), blocks)
 
     first = time.perf_counter()
     run()

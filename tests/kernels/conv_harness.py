@@ -65,6 +65,7 @@ class ConvCase:
     activation: str = "relu"
     out_pads: tuple[int, int, int, int] = (1, 2, 0, 1)  # the consumer's padding around the output
     in_extra_pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # producer layout pads beyond the conv's
+    residual: bool = False  # a fused Add: a tensor (in a layout of its own) added before the activation
 
     def workload(self) -> ConvWorkload:
         return ConvWorkload(self.in_channels, self.height, self.width, self.out_channels,
@@ -104,8 +105,10 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     out_layout = Layout.padded(case.out_channels, wl.out_height, wl.out_width, case.out_pads, align=v)
     pattern = build_pattern(w, wl, in_layout, plan)
     assert pattern.entries == 0 or pattern.offsets.min() >= 0
+    res_layout = (Layout.padded(case.out_channels, wl.out_height, wl.out_width, (2, 1, 0, 3), align=v)
+                  if case.residual else None)
     ir = render_direct_conv("case", wl, plan, pattern, bias, Epilogue(case.activation, 0.1),
-                            in_layout, out_layout, tgt.name)
+                            in_layout, out_layout, tgt.name, res_layout)
     obj, _ = llvm.compile_object(ir, tgt, plan.codegen_opt)
     lib = llvm.CodeLibrary(tgt)
     lib.add_object(obj)
@@ -120,9 +123,18 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     in_layout.write(src.array, x)
     dst = GuardedBuffer(n * out_layout.image_stride)
     dst.array[:] = SENTINEL
-    fn(src.array.ctypes.data, dst.array.ctypes.data, 0, n, 0, pattern.blocks)
+    res_ptr, res_data = None, None
+    if res_layout is not None:
+        res_data = rng.standard_normal((n, case.out_channels, wl.out_height, wl.out_width)).astype(np.float32)
+        res = GuardedBuffer(n * res_layout.image_stride)
+        res.array[:] = np.nan  # the kernel must read the residual's interior only
+        res_layout.write(res.array, res_data)
+        res_ptr = res.array.ctypes.data
+    fn(src.array.ctypes.data, dst.array.ctypes.data, res_ptr, 0, n, 0, pattern.blocks)
 
     expected = conv2d(x, w, bias, wl.strides, wl.pads, wl.dilations, wl.group)
+    if res_data is not None:
+        expected = expected + res_data
     if case.activation == "relu":
         expected = np.maximum(expected, 0)
     elif case.activation == "leaky_relu":

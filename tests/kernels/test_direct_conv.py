@@ -127,6 +127,21 @@ def test_channel_passes(blocking, group, target):
     assert plan.channel_chunk == blocking.get("channel_chunk", 0)
 
 
+RESIDUAL_PLANS = [{"form": "table"}, {"form": "table", "channel_chunk": 2},
+                  {"form": "table", "channels_per_block": 2}, {"form": "unrolled"},
+                  {"form": "unrolled", "channels_per_block": 2}]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("plan", RESIDUAL_PLANS, ids=str)
+def test_fused_residual(plan, target):
+    """A fused Add: the residual (in a layout with other pads, NaN outside its interior) is
+    added before the activation, on the last input-channel pass only."""
+    case = ConvCase(6, 7, WIDTHS[target] + 3, 4, (3, 3), pads=(1, 1, 1, 1), batch=2, density=0.4,
+                    residual=True, plan=plan)
+    run_case(case, target, seed=21)
+
+
 @pytest.mark.parametrize("activation", ["none", "relu", "leaky_relu"])
 def test_epilogues(activation):
     case = ConvCase(4, 8, 9, 5, (3, 3), pads=(1, 1, 1, 1), density=0.5, activation=activation)
