@@ -123,12 +123,15 @@ class Layout:
         for p in range(self.phases):
             # padded columns with j % S == p and pad_left <= j < pad_left + width
             first = (p - pad_left) % self.phases  # first interior column index with that phase
-            cols = np.arange(first, self.width, self.phases)
-            cols = cols[cols + pad_left >= 0]
-            if cols.size == 0:
+            while first + pad_left < 0:  # columns shifted out of this copy
+                first += self.phases
+            if first >= self.width:
                 continue
-            q = (cols + pad_left) // self.phases
-            v5[:, :, self.pad_top:self.pad_top + self.height, q[0]:q[-1] + 1, p] = x[:, :, :, cols]
+            count = len(range(first, self.width, self.phases))
+            q0 = (first + pad_left) // self.phases
+            # strided slices, not fancy indexing: numpy copies them without a gather
+            v5[:, :, self.pad_top:self.pad_top + self.height, q0:q0 + count, p] = \
+                x[:, :, :, first::self.phases]
 
     def read(self, flat: np.ndarray, batch: int) -> np.ndarray:
         """The interior as an NCHW view (phases == 1) or copy."""
