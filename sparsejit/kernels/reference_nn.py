@@ -153,10 +153,14 @@ def _pool_geometry(x: np.ndarray, node: Node) -> tuple[list[int], tuple[int, int
 def _max_pool(node: Node, inputs: Arrays) -> list[np.ndarray]:
     x, a = inputs[0], node.attrs
     (pt, pl, pb, pr), out_hw, (eh, ew) = _pool_geometry(x, node)
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)), constant_values=-np.inf)
-    y = np.full(x.shape[:2] + out_hw, -np.inf, x.dtype)
-    for _, _, view in _windows(xp, a["kernel_shape"], a["strides"], a["dilations"], out_hw):
-        y = np.maximum(y, view)
+    # (no padded copy when nothing is padded; maxima accumulate in place: it is also the
+    # runtime's pool, and memory traffic is its cost)
+    if pt or pb or pl or pr or eh or ew:
+        x = np.pad(x, ((0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)), constant_values=-np.inf)
+    views = _windows(x, a["kernel_shape"], a["strides"], a["dilations"], out_hw)
+    y = np.array(next(views)[2], dtype=x.dtype)
+    for _, _, view in views:
+        np.maximum(y, view, out=y)
     return [y]
 
 
