@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DEEPSPARSE_PEER = Path(__file__).resolve().parent / "deepsparse_peer.py"
+DEFAULT_DEEPSPARSE_PYTHON = "/work/ds-venv/bin/python"
 
 
 def fair_environment(threads: int) -> None:
@@ -42,6 +46,60 @@ def median_seconds(fn: Callable[[], object], repeats: int = 30, min_time: float 
         if len(times) > 20 * repeats:
             break
     return float(np.median(times))
+
+
+def deepsparse_python() -> str | None:
+    """The DeepSparse venv's python: $SPARSEJIT_DEEPSPARSE_PYTHON, else the default venv if present."""
+    env = os.environ.get("SPARSEJIT_DEEPSPARSE_PYTHON")
+    if env:
+        return env
+    return DEFAULT_DEEPSPARSE_PYTHON if Path(DEFAULT_DEEPSPARSE_PYTHON).exists() else None
+
+
+def deepsparse_time(model, threads: int, batch: int, repeats: int) -> float | None:
+    """Median seconds per run of `model` (an onnx.ModelProto) under DeepSparse, or None.
+
+    DeepSparse 1.8 pins onnx 1.14 / numpy 1.26, so it lives in a venv of its own (see the README)
+    and runs as a subprocess (benchmarks/deepsparse_peer.py) on a temp copy of the model, lowered
+    to IR version 8 and opset <= 17. Prints a one-line note and returns None when the venv is
+    missing or the run fails."""
+    import onnx
+    from onnx import version_converter
+
+    python = deepsparse_python()
+    if python is None:
+        print(
+            f"note: DeepSparse venv not found (set SPARSEJIT_DEEPSPARSE_PYTHON or create "
+            f"{DEFAULT_DEEPSPARSE_PYTHON}); skipping the deepsparse peer"
+        )
+        return None
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=13)
+    if opset > 17:
+        m = version_converter.convert_version(m, 17)
+    m.ir_version = min(m.ir_version, 8)
+    with tempfile.TemporaryDirectory(prefix="sparsejit-ds-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save(m, str(path))
+        env = dict(os.environ, NM_DISABLE_ANALYTICS="1")
+        try:
+            proc = subprocess.run(
+                [python, str(DEEPSPARSE_PEER), str(path), str(threads), str(batch), str(repeats)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            print(f"note: deepsparse peer failed: {exc}")
+            return None
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"note: deepsparse peer failed (rc {proc.returncode}): {tail}")
+        return None
+    return float(json.loads(lines[-1])["median_s"])
 
 
 def machine() -> dict:

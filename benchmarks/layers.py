@@ -5,6 +5,9 @@ benchmarks/results/layers-<model>.json.
 
     python benchmarks/layers.py caffenet --threads 1
     python benchmarks/layers.py resnet50 --sparsity all --layers 'layer3.0.conv2,layer4.0.conv2'
+    python benchmarks/layers.py caffenet --deepsparse   # + DeepSparse per layer (its own venv)
+
+DeepSparse is a sparse peer: it is reported in its own column and not counted in "vs best dense".
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ def main() -> None:
     ap.add_argument(
         "--plan", default="", help='JSON plan override for every layer, e.g. \'{"form": "table"}\''
     )
+    ap.add_argument(
+        "--deepsparse",
+        action="store_true",
+        help="also time DeepSparse (venv at $SPARSEJIT_DEEPSPARSE_PYTHON or /work/ds-venv)",
+    )
     args = ap.parse_args()
     fair_environment(args.threads)
     run(args)
@@ -37,7 +45,7 @@ def run(args) -> None:
     import json
 
     import numpy as np
-    from common import im2col_conv, machine, median_seconds, save, table
+    from common import deepsparse_time, im2col_conv, machine, median_seconds, save, table
     from onnx import TensorProto, helper, numpy_helper
 
     import sparsejit
@@ -78,6 +86,7 @@ def run(args) -> None:
         ]
         + (["torch ms", "torch cl ms"] if torch else [])
         + ["vs best dense"]
+        + (["deepsparse ms", "vs deepsparse"] if args.deepsparse else [])
     ]
     results = []
     rng = np.random.default_rng(0)
@@ -166,6 +175,11 @@ def run(args) -> None:
             txc, twc = tx.to(memory_format=torch.channels_last), tw.to(memory_format=torch.channels_last)
             peers["torch_cl"] = median_seconds(lambda: torch_conv(txc, twc), args.repeats)
         best = min(peers.values())
+        ds_cols, t_ds = [], None
+        if args.deepsparse:
+            t_ds = deepsparse_time(layer_model, args.threads, args.batch, args.repeats)
+            v = float("nan") if t_ds is None else t_ds
+            ds_cols = [f"{v * 1e3:.3f}", f"{v / t_sj:.2f}x"]
         flops = 2 * info.nonzeros * (int(np.prod(y.shape)) // w.shape[0])
         dense_flops = info.dense_flops
         rows.append(
@@ -184,6 +198,7 @@ def run(args) -> None:
             ]
             + ([f"{peers['torch'] * 1e3:.3f}", f"{peers['torch_cl'] * 1e3:.3f}"] if torch else [])
             + [f"{best / t_sj:.2f}x"]
+            + ds_cols
         )
         results.append(
             {
@@ -198,6 +213,7 @@ def run(args) -> None:
                 "sparsejit_s": t_sj,
                 "peers_s": peers,
                 "speedup_vs_best_dense": best / t_sj,
+                "deepsparse_s": t_ds,
                 "nonzero_gflops": flops / t_sj / 1e9,
                 "dense_equiv_gflops": dense_flops / t_sj / 1e9,
             }

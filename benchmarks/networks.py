@@ -3,6 +3,7 @@ onnxruntime (which runs the same pruned ONNX dense), in the same process and run
 inference, images/s, compile time and speedups; writes benchmarks/results/networks-*.json.
 
     python benchmarks/networks.py --models caffenet,resnet50 --threads 1 --batch 1
+    python benchmarks/networks.py --models caffenet --deepsparse   # + DeepSparse (its own venv)
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument(
+        "--deepsparse",
+        action="store_true",
+        help="also time DeepSparse (venv at $SPARSEJIT_DEEPSPARSE_PYTHON or /work/ds-venv)",
+    )
     args = ap.parse_args()
     fair_environment(args.threads)
     run(args)
@@ -32,7 +38,7 @@ def main() -> None:
 
 def run(args) -> None:
     import numpy as np
-    from common import machine, median_seconds, save, table
+    from common import deepsparse_time, machine, median_seconds, save, table
 
     import sparsejit
     from sparsejit import models
@@ -41,7 +47,11 @@ def run(args) -> None:
         import onnxruntime as ort
     except ImportError:
         ort = None
-    rows = [["model", "sparsity", "compile s", "sparsejit ms", "img/s", "ort ms", "vs ort", "max rel err"]]
+    rows = [
+        ["model", "sparsity", "compile s", "sparsejit ms", "img/s", "ort ms", "vs ort"]
+        + (["deepsparse ms", "vs deepsparse"] if args.deepsparse else [])
+        + ["max rel err"]
+    ]
     results = []
     for name in args.models.split(","):
         sparsity = args.sparsity or ("seed" if name == "caffenet" else "all")
@@ -68,6 +78,12 @@ def run(args) -> None:
             err = float(np.abs(cm(x) - y_ort).max() / max(1e-30, np.abs(y_ort).max()))
             t_ort = median_seconds(lambda: sess.run(None, {"data": x}), args.repeats)
             entry.update(ort_s=t_ort, max_rel_err=err)
+        ds_cols = []
+        if args.deepsparse:
+            t_ds = deepsparse_time(proto, args.threads, args.batch, args.repeats)
+            entry["deepsparse_s"] = t_ds
+            t_ds = float("nan") if t_ds is None else t_ds
+            ds_cols = [f"{t_ds * 1e3:.2f}", f"{t_ds / t_sj:.2f}x"]
         rows.append(
             [
                 name,
@@ -77,8 +93,9 @@ def run(args) -> None:
                 f"{args.batch / t_sj:.1f}",
                 f"{t_ort * 1e3:.2f}",
                 f"{t_ort / t_sj:.2f}x",
-                f"{err:.1e}",
             ]
+            + ds_cols
+            + [f"{err:.1e}"]
         )
         results.append(entry)
         cm.close()
