@@ -167,14 +167,10 @@ def is_pointwise(wl: ConvWorkload) -> bool:
             and wl.dilations == (1, 1))
 
 
-def _flat(layout: Layout) -> bool:
-    return layout.is_plain
-
-
 def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout):
     """A 1x1 conv over unpadded planes is a product over the whole plane: treat H x W as one row
     of H*W pixels, so vectors run across row ends (a 7x7 map fills 4 vectors, not 7 at 7/16)."""
-    if not (is_pointwise(wl) and _flat(in_layout) and _flat(out_layout)):
+    if not (is_pointwise(wl) and in_layout.is_plain and out_layout.is_plain):
         return None
     plane = wl.height * wl.width
     return (ConvWorkload(wl.in_channels, 1, plane, wl.out_channels, (1, 1), group=wl.group),

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..graph.ir import Node
 from ..kernels.layout import Layout
-from .buffers import aligned_empty, aligned_zeros
+from .buffers import aligned_zeros
 
 # (in, out, residual or NULL, n0, n1, b0, b1)
 ConvFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
@@ -202,6 +202,3 @@ class Reference(Step):
             else:
                 env[name] = value
 
-
-def scratch_array(floats: int) -> np.ndarray:
-    return aligned_empty(floats)
