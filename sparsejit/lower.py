@@ -22,7 +22,13 @@ from .codegen.direct_conv import kernel_symbol as conv_symbol
 from .codegen.direct_conv import render_direct_conv
 from .codegen.gemm import kernel_symbol as gemm_symbol
 from .codegen.gemm import render_gemm
+from .codegen.lrn import kernel_symbol as lrn_symbol
+from .codegen.lrn import render_lrn
+from .codegen.pool import kernel_symbol as pool_symbol
+from .codegen.pool import render_pool
 from .codegen.render import KernelSource
+from .codegen.schedule import SYMBOL as DRIVER_SYMBOL
+from .codegen.schedule import render_schedule
 from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
@@ -30,9 +36,12 @@ from .kernels import select
 from .kernels.direct_conv import ConvWorkload, Epilogue, build_pattern, input_extent
 from .kernels.gemm import GemmWorkload, pack_weights
 from .kernels.layout import Layout
+from .kernels.lrn import LRNWorkload
+from .kernels.pool import pool_lowerable, pool_workload
 from .kernels.reference import run_node
 from .runtime import steps as st
 from .runtime.buffers import Lifetime, plan_buffers
+from .runtime.schedule import DriverFn, group
 from .targets import Target
 from .tune import log as tuning_log
 
@@ -80,6 +89,10 @@ class Program:
     library: llvm.CodeLibrary | None
     inputs: list[str]
     outputs: list[str]
+    driver: DriverFn | None = None  # the schedule driver (None when not loaded)
+
+    def __post_init__(self) -> None:
+        self.schedule = group(self.steps)  # runs of native steps, one driver call each
 
     def new_arena(self) -> st.Arena:
         return st.Arena.allocate(self.batch, self.slot_sizes, self.slot_of, self.layouts,
@@ -230,7 +243,7 @@ class _Builder:
         else:
             self.scratch[node.name] = floats
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
-        step = st.ConvKernel(node.name, x, y, None, pattern.blocks, code.pack, images, flops,
+        step = st.ActivationKernel(node.name, x, y, None, pattern.blocks, code.pack, images, flops,
                              residual)
         self._add_kernel(step, info, st.ConvFn)
 
@@ -250,6 +263,33 @@ class _Builder:
                                   f"from the tuning log ({exc})", stacklevel=2)
         plan = select.choose_conv(spec.workload, spec.weight, tgt, self.overrides.get(name), name)
         return render_conv(spec, plan, tgt), False
+
+    def pool(self, node: Node, layouts: dict[str, Layout]) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        _, c, h, w = self.graph.value(x).static_shape()
+        wl = pool_workload(node, c, h, w)
+        in_layout, out_layout, v, tname = layouts[x], layouts[y], self.target.vector_width, self.target.name
+        images = self.images(x)
+        info = LayerInfo(node.name, node.op, f"pool {wl.kind}_v{v}", self.shape(x), self.shape(y),
+                         symbol=pool_symbol(node.name, wl, v),
+                         dense_flops=c * wl.out_height * wl.out_width * wl.kernel[0] * wl.kernel[1] * images)
+        info.source = KernelSource(lambda: render_pool(node.name, wl, in_layout, out_layout, v, tname),
+                                   "pool", node.name, wl, in_layout, out_layout, v, tname)
+        step = st.ActivationKernel(node.name, x, y, None, c, None, images, info.dense_flops)
+        self._add_kernel(step, info, st.ConvFn)
+
+    def lrn(self, node: Node, layouts: dict[str, Layout]) -> None:
+        x, y = node.inputs[0], node.outputs[0]
+        shape = self.graph.value(x).static_shape()
+        wl = LRNWorkload.from_attrs(shape, node.attrs)
+        in_layout, out_layout, v, tname = layouts[x], layouts[y], self.target.vector_width, self.target.name
+        info = LayerInfo(node.name, node.op, f"lrn v{v}", self.shape(x), self.shape(y),
+                         symbol=lrn_symbol(node.name, v))
+        info.source = KernelSource(lambda: render_lrn(node.name, wl, in_layout, out_layout, v, tname),
+                                   "lrn", node.name, wl, in_layout, out_layout, v, tname)
+        flops = int(np.prod(shape)) * (2 * wl.size + 8)
+        step = st.ActivationKernel(node.name, x, y, None, wl.channels, None, self.images(x), flops)
+        self._add_kernel(step, info, st.ConvFn)
 
     def sparse_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         m, c = weight.shape
@@ -323,6 +363,14 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
         if conv_lowerable(graph, node):
             b.conv(node, layouts)
             continue
+        if pool_lowerable(node) and node.inputs[0] in layouts and node.outputs[0] in layouts:
+            b.pool(node, layouts)
+            continue
+        if (node.op == "LRN" and node.inputs[0] in layouts and node.outputs[0] in layouts
+                and LRNWorkload.from_attrs(graph.value(node.inputs[0]).static_shape(),
+                                           node.attrs).power_form is not None):
+            b.lrn(node, layouts)
+            continue
         fc = fc_weights(graph, node) if node.op in ("Gemm", "MatMul") else None
         if fc is not None:
             (b.sparse_fc if select.fc_is_sparse(fc[0]) else b.dense_fc)(node, *fc)
@@ -335,6 +383,7 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
         raise InvalidPlanError(f"plans given for {unknown}, which are not kernel layers of this "
                                f"model; kernel layers: {sorted(kernel_layers)}")
     library = _compile(b, target, load)
+    driver = DriverFn(library.address(DRIVER_SYMBOL)) if library is not None else None
     # liveness: step index of each tensor's producer and last reader
     first: dict[str, int] = {}
     last: dict[str, int] = {}
@@ -354,7 +403,7 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
     slot_of, sizes = plan_buffers(lifetimes)
     return Program(batch, b.steps, slot_of, sizes, {t: layouts[t] for t in slot_of},
                    {t: b.images(t) for t in slot_of}, b.scratch,
-                   b.layers, library, list(graph.inputs), list(graph.outputs))
+                   b.layers, library, list(graph.inputs), list(graph.outputs), driver)
 
 
 def _writes(step: st.Step) -> list[str]:
@@ -370,7 +419,7 @@ def _reads(step: st.Step) -> list[str]:
         return []
     if isinstance(step, st.Reference):
         return [t for t in step.node.inputs if t]
-    if isinstance(step, st.ConvKernel) and step.residual:
+    if isinstance(step, st.ActivationKernel) and step.residual:
         return [step.input, step.residual]
     return [step.input]
 
@@ -383,12 +432,15 @@ def _compile(b: _Builder, target: Target, load: bool) -> llvm.CodeLibrary | None
         info.compile_seconds = time.perf_counter() - start
         info.cached, info.code_bytes = cached, len(obj)
         objects.append(obj)
-    if not load or not objects:
+    if not load:
         return None
+    driver = KernelSource(lambda: render_schedule(target.name), "schedule", target.name)
+    objects.append(llvm.compile_source(driver, target, 2)[0])
     library = llvm.CodeLibrary(target)
     for obj in objects:
         library.add_object(obj)
     library.finalize()
     for step, symbol, fn_type in b.bind:
-        step.fn = fn_type(library.address(symbol))
+        step.address = library.address(symbol)
+        step.fn = fn_type(step.address)
     return library

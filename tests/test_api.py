@@ -115,13 +115,19 @@ def test_report_lists_every_layer(cm, tiny_model):
         row = rows[info.name]
         assert info.name in onnx_names or info.name.startswith("input:")
         assert re.search(rf"\b{info.op}\b", row) and info.kernel in row, row
-        if info.ir:
+        if info.ir and info.density is not None:
             assert f"{info.density:.3f}" in row and f" {info.nonzeros} " in row, row
             assert f"{info.code_bytes / 1024:.1f}" in row, row
-        else:
+        elif not info.ir:
             assert info.kernel == "reference (numpy)"
     assert "Conv+Relu" in report  # fused activations are shown
     assert "BatchNormalization" not in report  # folded into conv1
+
+
+def test_pools_are_generated_kernels(cm):
+    pools = [info for info in cm.layers if info.op in ("MaxPool", "AveragePool", "GlobalAveragePool")]
+    assert pools and all(info.kernel.startswith("pool ") for info in pools)
+    assert "; template: pool.ll.j2" in cm.ir(pools[0].name)
 
 
 def test_ir_has_the_kernel_and_its_template(cm):

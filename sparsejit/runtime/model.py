@@ -19,6 +19,7 @@ from .. import llvm, targets
 from ..errors import InputError, SparseJitError
 from ..graph.ir import Graph
 from ..targets import Target
+from .schedule import NativeRun, build_table, run_native
 from .steps import Arena
 
 
@@ -138,6 +139,7 @@ class CompiledModel:
         return {k: float(np.median(v)) for k, v in samples.items()}
 
     def _run(self, feeds: dict[str, Any], times: dict[str, list[float]] | None):
+        """Run the program; with `times`, step by step from Python, timing each layer."""
         if not self._runnable:
             targets.require_runnable(self.target)
         feeds, batch = self._check_inputs(feeds)
@@ -145,16 +147,25 @@ class CompiledModel:
         arena = self._acquire(prog)
         try:
             env: dict[str, np.ndarray] = dict(feeds)
-            for step in prog.steps:
+            schedule = prog.steps if times is not None else prog.schedule
+            for index, item in enumerate(schedule):
                 start = time.perf_counter() if times is not None else 0.0
                 try:
-                    step.run(env, arena, self._pool, self.threads)
+                    if isinstance(item, NativeRun):
+                        table = arena.tables.get(index)
+                        if table is None:
+                            table = arena.tables[index] = build_table(item, arena, self.threads)
+                        run_native(prog.driver, table, self._pool)
+                        for tensor in item.writes():
+                            env[tensor] = arena.views[tensor]
+                    else:
+                        item.run(env, arena, self._pool, self.threads)
                 except SparseJitError:
                     raise
                 except Exception as exc:  # name the layer that failed
-                    raise SparseJitError(f"layer '{step.layer}' failed: {exc}") from exc
+                    raise SparseJitError(f"layer '{item.layer}' failed: {exc}") from exc
                 if times is not None:
-                    times.setdefault(step.layer, []).append(time.perf_counter() - start)
+                    times.setdefault(item.layer, []).append(time.perf_counter() - start)
             return {name: np.array(env[name] if name in env else self.graph.const(name), copy=True)
                     for name in self.graph.outputs}
         finally:

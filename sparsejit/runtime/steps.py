@@ -12,6 +12,7 @@ import ctypes
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,7 @@ class Arena:
     layouts: dict[str, Layout]
     scratch: dict[str, np.ndarray] = field(default_factory=dict)
     views: dict[str, np.ndarray] = field(default_factory=dict)
+    tables: dict[int, Any] = field(default_factory=dict)  # schedule index -> its driver table
 
     @classmethod
     def allocate(cls, batch: int, sizes: list[int], slot_of: dict[str, int],
@@ -52,6 +54,25 @@ class Arena:
         return self.slots[self.slot_of[tensor]]
 
 
+@dataclass(frozen=True)
+class NativeRow:
+    """One kernel call as the schedule driver makes it: fn(a, b, c, n0, n1, u0, u1) over
+    `images` images and `units` work units, split across threads by units (or by images)."""
+
+    fn: int  # the kernel's address
+    a: int
+    b: int
+    c: int
+    images: int
+    units: int
+    by_image: bool
+    threads: int  # how many threads take a share
+
+    def as_ints(self, barrier_after: bool) -> list[int]:
+        return [self.fn, self.a, self.b, self.c, self.images, self.units,
+                int(self.by_image) | (2 if barrier_after else 0), self.threads]
+
+
 class Step:
     """One unit of the schedule. `layer` names it in reports and errors."""
 
@@ -59,6 +80,18 @@ class Step:
 
     def run(self, env: dict[str, np.ndarray], arena: Arena, pool: ThreadPoolExecutor | None,
             threads: int) -> None:
+        raise NotImplementedError
+
+    @property
+    def native(self) -> bool:
+        """True when the step is one kernel call the schedule driver can make."""
+        return False
+
+    def native_row(self, arena: Arena, threads: int) -> NativeRow:
+        raise NotImplementedError(f"step {self.layer} runs in Python")
+
+    def writes(self) -> list[str]:
+        """The tensors the step defines."""
         raise NotImplementedError
 
 
@@ -73,12 +106,16 @@ def split_range(total: int, parts: int) -> list[tuple[int, int]]:
 MIN_PARALLEL_FLOPS = 20_000_000
 
 
+def useful_threads(threads: int, flops: int, units: int) -> int:
+    """How many of `threads` a job of `flops` over `units` work units is worth splitting into."""
+    return max(1, min(threads, flops // MIN_PARALLEL_FLOPS, units))
+
+
 def parallel(pool: ThreadPoolExecutor | None, threads: int, work: Callable[[int, int], None],
              total: int, flops: int = MIN_PARALLEL_FLOPS * 8) -> None:
     """Run work(begin, end) over [0, total) in up to `threads` contiguous chunks, the first on
     the calling thread; small jobs (under MIN_PARALLEL_FLOPS per extra thread) run inline."""
-    threads = max(1, min(threads, flops // MIN_PARALLEL_FLOPS))
-    chunks = split_range(total, threads)
+    chunks = split_range(total, useful_threads(threads, flops, total))
     if pool is None or len(chunks) <= 1:
         for begin, end in chunks:
             work(begin, end)
@@ -97,6 +134,9 @@ class WriteInput(Step):
     tensor: str
     planned: bool
 
+    def writes(self):
+        return [self.tensor]
+
     def run(self, env, arena, pool, threads):
         x = env[self.tensor]
         if self.planned:
@@ -105,18 +145,39 @@ class WriteInput(Step):
 
 
 @dataclass
-class ConvKernel(Step):
-    """A generated direct-conv kernel; packs its input first when it needs its own layout."""
+class ActivationKernel(Step):
+    """A generated kernel from one planned 4-D activation buffer to another (a direct conv, a
+    pool), split across threads by channel blocks or images. A conv packs its input first when
+    it reads a layout of its own."""
 
     layer: str
     input: str
     output: str
     fn: Callable
-    blocks: int
+    blocks: int  # channel blocks: the unit of work a thread takes
     pack_layout: Layout | None  # private phase-split copy of the input, or None to read in place
     images: int  # the input's dim 0
     flops: int = MIN_PARALLEL_FLOPS * 8  # nonzero flops of one call: decides whether to split
     residual: str | None = None  # a fused Add's other operand, added in the epilogue
+    address: int = 0  # of fn
+
+    def writes(self):
+        return [self.output]
+
+    @property
+    def native(self):
+        return self.pack_layout is None
+
+    def _by_image(self, threads: int) -> bool:
+        return self.blocks < threads and self.images > 1
+
+    def native_row(self, arena, threads):
+        res = arena.buffer(self.residual).ctypes.data if self.residual else 0
+        by_image = self._by_image(threads)
+        units = self.images if by_image else self.blocks
+        return NativeRow(self.address, arena.buffer(self.input).ctypes.data,
+                         arena.buffer(self.output).ctypes.data, res, self.images, self.blocks,
+                         by_image, useful_threads(threads, self.flops, units))
 
     def run(self, env, arena, pool, threads):
         if self.pack_layout is not None:
@@ -128,7 +189,7 @@ class ConvKernel(Step):
         n = self.images
         in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
         res = arena.buffer(self.residual).ctypes.data if self.residual else None
-        if self.blocks >= threads or n == 1:
+        if not self._by_image(threads):
             parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, res, 0, n, b0, b1),
                      self.blocks, self.flops)
         else:
@@ -149,6 +210,10 @@ class SparseFC(Step):
     blocks: int
     in_layout: Layout  # (C, 1, N)
     out_layout: Layout  # (M, 1, N)
+    address: int = 0
+
+    def writes(self):
+        return [self.output]
 
     def run(self, env, arena, pool, threads):
         x = env[self.input]
@@ -171,6 +236,10 @@ class GemmKernel(Step):
     weights: np.ndarray
     tiles: int
     out_features: int
+    address: int = 0
+
+    def writes(self):
+        return [self.output]
 
     def run(self, env, arena, pool, threads):
         x = np.ascontiguousarray(env[self.input], np.float32)
@@ -190,6 +259,9 @@ class Reference(Step):
     consts: dict[str, np.ndarray]
     run_node: Callable
     planned_outputs: frozenset[str]
+
+    def writes(self):
+        return list(self.node.outputs)
 
     def run(self, env, arena, pool, threads):
         args = [None if not t else self.consts[t] if t in self.consts else env[t]

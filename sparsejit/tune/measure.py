@@ -116,7 +116,7 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_boun
     res = aligned_zeros(spec.residual.image_stride) if spec.residual is not None else None
     res_ptr = None if res is None else res.ctypes.data
 
-    def run() -> None:  # as runtime.steps.ConvKernel runs it for one image
+    def run() -> None:  # as runtime.steps.ActivationKernel runs it for one image
         if code.pack is not None:
             code.pack.write(src, x)
         parallel(pool, threads, lambda b0, b1: fn(in_ptr, out_ptr, res_ptr, 0, 1, b0, b1), blocks)

@@ -1,0 +1,66 @@
+"""Render a pool kernel: workload + layouts -> LLVM IR text (no LLVM calls here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+
+from ..kernels.layout import Layout
+from ..kernels.pool import PoolWorkload
+from .render import float_list, render, splat, symbol
+
+
+def kernel_symbol(layer: str, workload: PoolWorkload, vector_width: int) -> str:
+    return symbol("sj_pool", layer, f"{workload.kind}_v{vector_width}")
+
+
+def unmasked_blocks(wl: PoolWorkload, vector_width: int) -> tuple[int, int]:
+    """[lo, hi): the vector blocks of an output row whose window loads all lie inside the
+    input row and whose outputs are all real, so they need no masks."""
+    v, sx = vector_width, wl.strides[1]
+    blocks = -(-wl.out_width // v)
+
+    def inside(ob: int) -> bool:
+        col0 = ob * v * sx - wl.pads[1]
+        last = col0 + (wl.kernel[1] - 1) * wl.dilations[1] + sx * v - 1
+        return (ob + 1) * v <= wl.out_width and col0 >= 0 and last < wl.width
+
+    inner = [ob for ob in range(blocks) if inside(ob)]
+    return (inner[0], inner[-1] + 1) if inner else (0, 0)
+
+
+def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Layout,
+                vector_width: int, target_name: str) -> str:
+    """`void NAME(ptr in, ptr out, ptr unused, i64 n0, i64 n1, i64 c0, i64 c1)`: images
+    [n0, n1), channels [c0, c1) of the pool, input and output in their (phases 1) layouts."""
+    assert in_layout.phases == 1 and out_layout.phases == 1
+    assert in_layout.shifts == 1 and out_layout.shifts == 1
+    v, sx = vector_width, wl.strides[1]
+    blocks = -(-wl.out_width // v)
+    lo, hi = unmasked_blocks(wl, v)
+    init = "float 0xFFF0000000000000" if wl.kind == "max" else "float 0.0"
+    cols = np.zeros(blocks * v, np.float32)
+    cols[:wl.out_width] = wl.window_counts(1)
+    cols[wl.out_width:] = 1.0  # lanes past the row end are never stored: keep them finite
+    k = SimpleNamespace(
+        name=kernel_symbol(layer, wl, v), target=target_name,
+        workload=", ".join(f"{a}={b}" for a, b in asdict(wl).items()),
+        kind=wl.kind, V=v, SX=sx, SXV=sx * v, SY=wl.strides[0],
+        KH=wl.kernel[0], KW=wl.kernel[1], DY=wl.dilations[0], DX=wl.dilations[1],
+        PT=wl.pads[0], PL=wl.pads[1], H=wl.height, OH=wl.out_height, OW=wl.out_width,
+        OWB=blocks, inner_lo=lo, inner_hi=hi,
+        in_img=in_layout.image_stride, in_ch=in_layout.channel_stride,
+        in_row=in_layout.row_stride, in_origin=in_layout.pad_top * in_layout.row_stride + in_layout.pad_left,
+        out_img=out_layout.image_stride, out_ch=out_layout.channel_stride,
+        out_row=out_layout.row_stride,
+        out_origin=out_layout.pad_top * out_layout.row_stride + out_layout.pad_left,
+        init_vec=splat(v, init), init_wide=splat(sx * v, init),
+        stride_lanes=", ".join(f"i32 {i * sx}" for i in range(v)),
+        iota=", ".join(f"i32 {i}" for i in range(v)),
+        iota_wide=", ".join(f"i32 {i}" for i in range(sx * v)),
+        Wvec=splat(sx * v, f"i32 {wl.width}"), OWvec=splat(v, f"i32 {wl.out_width}"),
+        rows=float_list(wl.window_counts(0)), cols=float_list(cols),
+    )
+    return render("pool.ll.j2", k=k)

@@ -1,0 +1,146 @@
+"""Pruned fully connected layers, row by row with gathers: the workload, the plan, the tables.
+
+Y[N][M] = act(X[N][C] @ W^T + bias) with W mostly zeros. Output row m's nonzeros (column c_j,
+weight w_j) are stored in chunks of V (the vector width), the last chunk of a row padded with
+(column 0, weight 0.0). Per chunk, its V columns come first (uint16, or uint32 for wide layers),
+then its V weights (float32), so the kernel streams the whole table once per pass, front to
+back. `rows[m]` is the first chunk of row m (`rows[M]` is the chunk count). The kernel gathers
+x[n][c_j] for a chunk's columns and multiplies by its weights; a padding lane's weight is 0.0,
+and the kernel leaves such lanes out so a NaN or Inf in x[n][0] never leaks into other rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..targets import Target
+from .select import apply_override
+
+
+@dataclass(frozen=True)
+class SparseFcWorkload:
+    in_features: int  # C
+    out_features: int  # M
+
+
+@dataclass(frozen=True)
+class SparseFcPlan:
+    """Blocking of one pruned-FC kernel: plain data a tuner can vary."""
+
+    vector_width: int = 8  # V: nonzeros per chunk, lanes per gather
+    index_bits: int = 16  # column index width in the table (16 needs C <= 65536)
+    batch_block: int = 1  # rows of X sharing one pass over the table (then halves, down to 1)
+    accumulators: int = 2  # per row of X: chunks alternate between them (FMA latency)
+    prefetch_bytes: int = 2048  # software prefetch distance in the table; 0: none
+    codegen_opt: int = 2
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.vector_width in (4, 8, 16), "vector_width must be 4, 8 or 16"),
+            (self.index_bits in (16, 32), "index_bits must be 16 or 32"),
+            (self.batch_block in (1, 2, 4, 8), "batch_block must be 1, 2, 4 or 8"),
+            (1 <= self.accumulators <= 4, "accumulators must be 1..4"),
+            (self.prefetch_bytes >= 0, "prefetch_bytes must be >= 0"),
+            (self.codegen_opt in (0, 1, 2, 3), "codegen_opt must be 0..3"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message} (plan {self})")
+
+    def variant(self) -> str:
+        """Names the variant in kernel symbols, e.g. rows_v8_i16_b1_a2_p2048."""
+        return (f"rows_v{self.vector_width}_i{self.index_bits}_b{self.batch_block}"
+                f"_a{self.accumulators}_p{self.prefetch_bytes}")
+
+    def batch_blocks(self) -> list[int]:
+        """Block sizes the kernel runs, largest first: rows left over from whole blocks of
+        `batch_block` go in halves (batch 3 at 4: a block of 2, then 1)."""
+        return [self.batch_block >> i for i in range(self.batch_block.bit_length())]
+
+    def chunk_bytes(self) -> int:
+        return self.vector_width * (self.index_bits // 8 + 4)
+
+
+# Rows of X a pass may gather from: beyond L1 (48 KB on recent Intel cores) every gather lane
+# misses it, and fc6 (9216 inputs) at batch 8 ran 2.5x slower in blocks of 2 than row by row.
+X_BLOCK_BYTES = 32 * 1024
+
+
+def choose_plan(workload: SparseFcWorkload, target: Target, override: dict | None = None,
+                layer: str = "") -> SparseFcPlan:
+    """The default plan on `target`, with `override` applied. Gathers of 8 lanes: on an Emerald
+    Rapids core 16-lane gathers moved fewer lanes per second (fc6 at batch 1: 1.6 ms against
+    1.15 ms). As many rows of X per pass as stay in L1 together; two accumulators per row only
+    in blocks of 1 or 2 rows (4+ rows are 4+ independent FMA chains already, and 2 x 8 would
+    spill on AVX2's 16 registers)."""
+    c = workload.in_features
+    block = next(b for b in (8, 4, 2, 1) if b == 1 or b * c * 4 <= X_BLOCK_BYTES)
+    plan = SparseFcPlan(vector_width=min(8, target.vector_width), index_bits=index_bits_for(c),
+                        batch_block=block, accumulators=2 if block <= 2 else 1)
+    return apply_override(plan, override, layer)
+
+
+def index_bits_for(in_features: int) -> int:
+    """The narrowest column index that holds every column of an input of `in_features`."""
+    return 16 if in_features <= 1 << 16 else 32
+
+
+@dataclass(frozen=True)
+class SparseFcTables:
+    rows: np.ndarray  # int32 [M + 1]: first chunk of each row
+    table: np.ndarray  # uint8 [chunks * chunk_bytes]: per chunk V columns, then V weights
+    nonzeros: int
+    digest: str  # sha256 of rows and table (hex)
+
+    @property
+    def chunks(self) -> int:
+        return int(self.rows[-1])
+
+
+def build_tables(weight_mc: np.ndarray, plan: SparseFcPlan) -> SparseFcTables:
+    """The packed chunk table and row pointers of W[M][C] (little-endian, as the kernel reads).
+    A NaN weight counts as a nonzero (it must reach the output, as in the dense product)."""
+    m, c = weight_mc.shape
+    if plan.index_bits == 16 and c > 1 << 16:
+        raise ValueError(f"index_bits=16 cannot address {c} input features (at most 65536)")
+    v = plan.vector_width
+    rows_nz, cols_nz = np.nonzero(weight_mc != 0)  # row-major: sorted by row, then column
+    counts = np.bincount(rows_nz, minlength=m)
+    chunks_per_row = -(-counts // v)
+    rows = np.concatenate([[0], np.cumsum(chunks_per_row)]).astype(np.int64)
+    if rows[-1] >= 1 << 31:
+        raise ValueError(f"{rows[-1]} chunks overflow the kernel's 32-bit row pointers")
+    first_nz = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = rows[rows_nz] * v + (np.arange(len(rows_nz)) - first_nz[rows_nz])
+    chunk = np.dtype([("cols", f"<u{plan.index_bits // 8}", (v,)), ("weights", "<f4", (v,))])
+    cols = np.zeros(int(rows[-1]) * v, np.int64)
+    weights = np.zeros(int(rows[-1]) * v, np.float32)
+    cols[slot] = cols_nz
+    weights[slot] = weight_mc[rows_nz, cols_nz]
+    packed = np.empty(int(rows[-1]), chunk)
+    packed["cols"] = cols.reshape(-1, v)
+    packed["weights"] = weights.reshape(-1, v)
+    table = packed.view(np.uint8).reshape(-1)
+    rows32 = rows.astype("<i4")
+    h = hashlib.sha256(rows32.tobytes())
+    h.update(table.tobytes())
+    return SparseFcTables(rows32, table, len(rows_nz), h.hexdigest())
+
+
+def reference(x: np.ndarray, weight_mc: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """X @ W^T + bias (float64) with pruned weights absent: a NaN or Inf in x[n][c] reaches
+    y[n][m] only when W[m][c] is nonzero (a dense product would spread it through the zeros)."""
+    x64 = np.asarray(x, np.float64)
+    w64 = np.asarray(weight_mc, np.float64)
+    finite = np.isfinite(x64)
+    y = np.where(finite, x64, 0.0) @ w64.T + np.asarray(bias, np.float64)
+    for n in np.nonzero(~finite.all(axis=1))[0]:
+        bad = ~finite[n]
+        w_bad = w64[:, bad]
+        with np.errstate(invalid="ignore"):  # Inf * 0 where the weight is pruned: dropped
+            terms = np.where(w_bad != 0, x64[n, bad][None, :] * w_bad, 0.0)
+        y[n] = y[n] + terms.sum(axis=1)
+    return y
