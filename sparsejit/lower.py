@@ -29,6 +29,8 @@ from .codegen.pool import render_pool
 from .codegen.render import KernelSource
 from .codegen.schedule import SYMBOL as DRIVER_SYMBOL
 from .codegen.schedule import render_schedule
+from .codegen.sparse_fc import kernel_symbol as fc_symbol
+from .codegen.sparse_fc import render_sparse_fc
 from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
@@ -39,6 +41,9 @@ from .kernels.layout import Layout
 from .kernels.lrn import LRNWorkload
 from .kernels.pool import pool_lowerable, pool_workload
 from .kernels.reference import run_node
+from .kernels.sparse_fc import SparseFcWorkload
+from .kernels.sparse_fc import build_tables as build_fc_tables
+from .kernels.sparse_fc import choose_plan as choose_fc_plan
 from .runtime import steps as st
 from .runtime.buffers import Lifetime, plan_buffers
 from .runtime.schedule import DriverFn, group
@@ -85,6 +90,8 @@ class Program:
     layouts: dict[str, Layout]
     images: dict[str, int]
     scratch_sizes: dict[str, int]
+    flat: dict[str, tuple[int, ...]]  # arena tensors that are not 4-D activations
+    aliases: dict[str, tuple[str, tuple[int, ...]]]  # views of other arena tensors
     layers: list[LayerInfo]
     library: llvm.CodeLibrary | None
     inputs: list[str]
@@ -96,7 +103,7 @@ class Program:
 
     def new_arena(self) -> st.Arena:
         return st.Arena.allocate(self.batch, self.slot_sizes, self.slot_of, self.layouts,
-                                 self.images, self.scratch_sizes)
+                                 self.images, self.scratch_sizes, self.flat, self.aliases)
 
 
 def _epilogue(node: Node) -> Epilogue:
@@ -201,6 +208,8 @@ class _Builder:
         self.bind: list[tuple[st.Step, str, type]] = []  # steps waiting for a function pointer
         self.scratch: dict[str, int] = {}
         self.extent: dict[str, int] = {}  # tensor -> floats its readers may touch
+        self.flat: dict[str, tuple[int, ...]] = {}  # other arena tensors: contiguous, own buffer
+        self.aliases: dict[str, tuple[str, tuple[int, ...]]] = {}  # view -> (base, shape)
 
     def images(self, tensor: str) -> int:
         """Dim 0 of a 4-D activation: usually the batch, not always (Gather/Expand on axis 0)."""
@@ -293,14 +302,35 @@ class _Builder:
 
     def sparse_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         m, c = weight.shape
-        n, v = self.batch, self.target.vector_width
+        n = self.images(node.inputs[0])
+        wl = SparseFcWorkload(c, m)
+        plan = choose_fc_plan(wl, self.target, self.overrides.get(node.name), node.name)
+        tables = build_fc_tables(weight, plan)
+        info = LayerInfo(node.name, node.op, f"sparse-fc {plan.variant()}",
+                         self.shape(node.inputs[0]), self.shape(node.outputs[0]),
+                         select.density(weight), tables.nonzeros,
+                         symbol=fc_symbol(node.name, plan), opt=plan.codegen_opt,
+                         dense_flops=2 * m * c * n, fused=list(node.fused))
+        epilogue, tgt = _epilogue(node), self.target
+        info.source = KernelSource(
+            lambda: render_sparse_fc(node.name, wl, plan, tables, bias, epilogue, tgt.name,
+                                     tgt.features),
+            "sparse_fc", node.name, wl, plan, tables.rows, tables.table, bias, epilogue, tgt.name,
+            tgt.features)
+        step = st.FCKernel(node.name, node.inputs[0], node.outputs[0], None, None, m, n,
+                           2 * tables.nonzeros * n)
+        self._add_kernel(step, info, st.ConvFn)
+
+    def batch_lanes_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
+        m, c = weight.shape
+        n, v = self.images(node.inputs[0]), self.target.vector_width
         wl = ConvWorkload(c, 1, n, m, (1, 1))
         in_layout = Layout.padded(c, 1, n, align=v)
         out_layout = Layout.padded(m, 1, n, align=v)
         plan = select.choose_conv(wl, weight[:, :, None, None], self.target,
                                   self.overrides.get(node.name), node.name)
         pattern = build_pattern(weight[:, :, None, None], wl, in_layout, plan)
-        info = LayerInfo(node.name, node.op, f"sparse-fc {plan.variant()}",
+        info = LayerInfo(node.name, node.op, f"sparse-fc lanes {plan.variant()}",
                          self.shape(node.inputs[0]), self.shape(node.outputs[0]),
                          select.density(weight), pattern.nonzeros,
                          symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
@@ -309,34 +339,42 @@ class _Builder:
         info.source = KernelSource(
             lambda: render_direct_conv(node.name, wl, plan, pattern, bias, epilogue, in_layout,
                                        out_layout, tname),
-            "sparse_fc", node.name, wl, plan, *pattern.arrays(), bias, epilogue, in_layout,
+            "sparse_fc_lanes", node.name, wl, plan, *pattern.arrays(), bias, epilogue, in_layout,
             out_layout, tname)
         self.scratch[node.name + ":in"] = max(in_layout.image_stride,
                                               input_extent(wl, in_layout, plan, pattern))
         self.scratch[node.name + ":out"] = out_layout.image_stride
-        step = st.SparseFC(node.name, node.inputs[0], node.outputs[0], None, pattern.blocks,
-                           in_layout, out_layout)
+        step = st.BatchLanesFC(node.name, node.inputs[0], node.outputs[0], None, pattern.blocks,
+                               in_layout, out_layout, 2 * pattern.nonzeros * n)
         self._add_kernel(step, info, st.ConvFn)
 
     def dense_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         m, c = weight.shape
-        plan = select.choose_gemm(self.target, self.batch, self.overrides.get(node.name), node.name)
+        n = self.images(node.inputs[0])
+        plan = select.choose_gemm(self.target, n, self.overrides.get(node.name), node.name)
         wl = GemmWorkload(c, m)
         info = LayerInfo(node.name, node.op, f"dense-fc {plan.variant()}",
                          self.shape(node.inputs[0]), self.shape(node.outputs[0]),
                          select.density(weight), int(np.count_nonzero(weight)),
                          symbol=gemm_symbol(node.name, plan), opt=plan.codegen_opt,
-                         dense_flops=2 * m * c * self.batch, fused=list(node.fused))
+                         dense_flops=2 * m * c * n, fused=list(node.fused))
         epilogue, tname = _epilogue(node), self.target.name
         info.source = KernelSource(lambda: render_gemm(node.name, wl, plan, bias, epilogue, tname),
                                    "gemm", node.name, wl, plan, bias, epilogue, tname)
-        step = st.GemmKernel(node.name, node.inputs[0], node.outputs[0], None,
-                             pack_weights(weight, plan), plan.tiles(m), m)
+        step = st.FCKernel(node.name, node.inputs[0], node.outputs[0], None,
+                           pack_weights(weight, plan), plan.tiles(m), n, 2 * m * c * n)
         self._add_kernel(step, info, st.GemmFn)
+
+    def alias(self, node: Node, base: str) -> None:
+        """Flatten/Reshape of a contiguous arena tensor: a view, no step does any work."""
+        self.aliases[node.outputs[0]] = (base, self.shape(node.outputs[0]))
+        self.steps.append(st.Alias(node.name, node.outputs[0]))
+        self.layers.append(LayerInfo(node.name, node.op, "view (no copy)", self.shape(node.inputs[0]),
+                                     self.shape(node.outputs[0]), fused=list(node.fused)))
 
     def reference(self, node: Node, layouts: dict[str, Layout]) -> None:
         consts = {t: self.graph.const(t) for t in node.inputs if t and self.graph.const(t) is not None}
-        planned = frozenset(o for o in node.outputs if o in layouts)
+        planned = frozenset(o for o in node.outputs if o in layouts or o in self.flat)
         self.steps.append(st.Reference(node.name, node, consts, run_node, planned))
         out = node.outputs[0] if node.outputs else ""
         self.layers.append(LayerInfo(node.name, node.op, "reference (numpy)",
@@ -357,9 +395,15 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
     order = graph.topo_order()
     layouts = plan_layouts(graph, order, target)
     b = _Builder(graph, target, batch, overrides or {})
+    b.flat = flat_tensors(graph, order, layouts)
     for t in graph.inputs:
-        b.steps.append(st.WriteInput(f"input:{t}", t, t in layouts))
+        b.steps.append(st.WriteInput(f"input:{t}", t, t in layouts or t in b.flat))
     for node in order:
+        base = view_base(graph, node, layouts, b.flat, b.aliases)
+        if base is not None:
+            del b.flat[node.outputs[0]]
+            b.alias(node, base)
+            continue
         if conv_lowerable(graph, node):
             b.conv(node, layouts)
             continue
@@ -373,7 +417,8 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
             continue
         fc = fc_weights(graph, node) if node.op in ("Gemm", "MatMul") else None
         if fc is not None:
-            (b.sparse_fc if select.fc_is_sparse(fc[0]) else b.dense_fc)(node, *fc)
+            kind = select.choose_fc(fc[0], b.images(node.inputs[0]))
+            {"dense": b.dense_fc, "rows": b.sparse_fc, "batch_lanes": b.batch_lanes_fc}[kind](node, *fc)
         else:
             b.reference(node, layouts)
 
@@ -393,6 +438,11 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
         for t in _reads(step):
             last[t] = i
     end = len(b.steps)
+    for view, (base, _) in b.aliases.items():  # a view's readers keep its base's buffer alive
+        if view in last:
+            last[base] = max(last.get(base, 0), last[view])
+        if view in graph.outputs:
+            last[base] = len(b.steps)
     lifetimes = []
     for t, layout in layouts.items():
         if t not in first:
@@ -402,16 +452,12 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
                                   end if t in graph.outputs else last.get(t, first[t])))
     slot_of, sizes = plan_buffers(lifetimes)
     return Program(batch, b.steps, slot_of, sizes, {t: layouts[t] for t in slot_of},
-                   {t: b.images(t) for t in slot_of}, b.scratch,
+                   {t: b.images(t) for t in slot_of}, b.scratch, b.flat, b.aliases,
                    b.layers, library, list(graph.inputs), list(graph.outputs), driver)
 
 
 def _writes(step: st.Step) -> list[str]:
-    if isinstance(step, st.WriteInput):
-        return [step.tensor]
-    if isinstance(step, st.Reference):
-        return list(step.node.outputs)
-    return [step.output]
+    return step.writes()
 
 
 def _reads(step: st.Step) -> list[str]:
@@ -419,9 +465,42 @@ def _reads(step: st.Step) -> list[str]:
         return []
     if isinstance(step, st.Reference):
         return [t for t in step.node.inputs if t]
+    if isinstance(step, st.Alias):
+        return []  # the view's own readers count for its base
     if isinstance(step, st.ActivationKernel) and step.residual:
         return [step.input, step.residual]
     return [step.input]
+
+
+def flat_tensors(graph: Graph, order: list[Node], layouts: dict[str, Layout]) -> dict[str, tuple]:
+    """Float32 runtime tensors of static shape that are not planned 4-D activations: they live
+    in the arena too (FC inputs and outputs, what numpy steps hand to kernels)."""
+    flat = {}
+    for t in list(graph.inputs) + [o for n in order for o in n.outputs if o]:
+        v = graph.values.get(t)
+        if (t in layouts or v is None or v.const is not None or v.dtype != np.float32
+                or v.shape is None or not all(isinstance(d, int) for d in v.shape)):
+            continue
+        flat[t] = tuple(int(d) for d in v.shape)
+    return flat
+
+
+def view_base(graph: Graph, node: Node, layouts: dict[str, Layout], flat: dict[str, tuple],
+              aliases: dict[str, tuple]) -> str | None:
+    """The arena tensor a Flatten/Reshape output can be a view of (None: it must copy): the
+    input must be contiguous, a flat tensor or an unpadded 4-D one with images back to back."""
+    if node.op not in ("Flatten", "Reshape") or not node.outputs or node.outputs[0] not in flat:
+        return None
+    x = node.inputs[0]
+    base = aliases[x][0] if x in aliases else x
+    if base in flat:
+        return base
+    layout = layouts.get(base)
+    if layout is None or not layout.is_plain:
+        return None
+    images = graph.value(base).static_shape()[0]
+    per_image = layout.channels * layout.height * layout.width
+    return base if images == 1 or layout.image_stride == per_image else None
 
 
 def _compile(b: _Builder, target: Target, load: bool) -> llvm.CodeLibrary | None:

@@ -119,7 +119,7 @@ def test_report_lists_every_layer(cm, tiny_model):
             assert f"{info.density:.3f}" in row and f" {info.nonzeros} " in row, row
             assert f"{info.code_bytes / 1024:.1f}" in row, row
         elif not info.ir:
-            assert info.kernel == "reference (numpy)"
+            assert info.kernel in ("reference (numpy)", "view (no copy)"), row
     assert "Conv+Relu" in report  # fused activations are shown
     assert "BatchNormalization" not in report  # folded into conv1
 

@@ -17,7 +17,7 @@ import pytest
 
 import sparsejit
 from sparsejit import models
-from sparsejit.kernels.select import DENSE_THRESHOLD
+from sparsejit.kernels.select import DENSE_THRESHOLD, FC_LANES_MIN_BATCH
 from sparsejit.runtime import steps
 from tests.onnx_helpers import run_ort
 from tests.tolerances import assert_close
@@ -149,6 +149,18 @@ def test_static_batch_matches_onnxruntime(name):
         assert_close(got[out], value, what=f"{name}: {out} static batch vs symbolic")
     assert all(info.in_shape[0] == 3 for info in cm.layers if info.in_shape)
     assert_sparse_kernels_ran(cm, name, "seed")
+
+
+@pytest.mark.parametrize("batch, kernel", [(1, "sparse-fc rows"),
+                                           (FC_LANES_MIN_BATCH + 1, "sparse-fc lanes")])
+def test_pruned_fc_layers_pick_their_kernel_by_batch(batch, kernel):
+    """Below FC_LANES_MIN_BATCH pruned FC layers gather per image, from it on the images share
+    the vector lanes; both match onnxruntime."""
+    model = built("caffenet", batch=batch)
+    cm = compiled("caffenet", threads=1, batch=batch)
+    check_model(cm, model, batch, SEED, f"caffenet {kernel}")
+    fcs = [info for info in cm.layers if info.name in ("fc6", "fc7", "fc8")]
+    assert len(fcs) == 3 and all(info.kernel.startswith(kernel) for info in fcs), fcs
 
 
 # (Binding a batch size renders every kernel again, seconds for the big nets even with a warm

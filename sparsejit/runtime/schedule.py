@@ -82,9 +82,9 @@ class RunTable:
 
 
 def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
-    native = [step.native_row(arena, threads) for step in run.steps]
-    most = max(row.threads for row in native)
-    rows = np.zeros((len(native), 8), np.int64)
+    native = [row for row in (step.native_row(arena, threads) for step in run.steps) if row]
+    most = max((row.threads for row in native), default=1)
+    rows = np.zeros((max(1, len(native)), 8), np.int64)[:len(native)]
     for i, row in enumerate(native):
         # a barrier after a row when this row or the next ran on several threads: the next
         # row's threads may read what another thread of this one wrote (and vice versa)
@@ -96,6 +96,8 @@ def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
 
 def run_native(driver: DriverFn, table: RunTable, pool: ThreadPoolExecutor | None) -> None:
     rows, count, barrier = table.rows.ctypes.data, len(table.rows), table.barrier.ctypes.data
+    if count == 0:
+        return
     if table.threads == 1 or pool is None:
         driver(rows, count, 0, 1, barrier)
         return

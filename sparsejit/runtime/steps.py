@@ -42,12 +42,21 @@ class Arena:
     @classmethod
     def allocate(cls, batch: int, sizes: list[int], slot_of: dict[str, int],
                  layouts: dict[str, Layout], images: dict[str, int],
-                 scratch_sizes: dict[str, int]) -> Arena:
-        """`images[t]` is tensor t's dim 0: the batch, except after ops that change dim 0."""
+                 scratch_sizes: dict[str, int], flat: dict[str, tuple[int, ...]],
+                 aliases: dict[str, tuple[str, tuple[int, ...]]]) -> Arena:
+        """`images[t]` is tensor t's dim 0: the batch, except after ops that change dim 0.
+        `flat` tensors (not 4-D activations) get contiguous buffers of their shape; `aliases`
+        are views (tensor -> (base tensor, shape)) of a flat tensor or of a plain 4-D one."""
         arena = cls(batch, [aligned_zeros(s) for s in sizes], slot_of, layouts)
         arena.scratch = {k: aligned_zeros(s) for k, s in scratch_sizes.items()}
         arena.views = {t: layouts[t].interior(arena.slots[s], images[t])
                        for t, s in slot_of.items()}
+        for t, shape in flat.items():
+            arena.views[t] = aligned_zeros(int(np.prod(shape))).reshape(shape)
+        for t, (base, shape) in aliases.items():
+            size = int(np.prod(shape))
+            data = arena.slots[slot_of[base]][:size] if base in slot_of else arena.views[base].reshape(-1)
+            arena.views[t] = data.reshape(shape)  # a view: base is contiguous (lowering checked)
         return arena
 
     def buffer(self, tensor: str) -> np.ndarray:
@@ -87,7 +96,8 @@ class Step:
         """True when the step is one kernel call the schedule driver can make."""
         return False
 
-    def native_row(self, arena: Arena, threads: int) -> NativeRow:
+    def native_row(self, arena: Arena, threads: int) -> NativeRow | None:
+        """The step's kernel call with this arena's addresses; None: nothing to call."""
         raise NotImplementedError(f"step {self.layer} runs in Python")
 
     def writes(self) -> list[str]:
@@ -200,8 +210,50 @@ class ActivationKernel(Step):
 
 
 @dataclass
-class SparseFC(Step):
-    """A pruned FC layer on the direct-conv kernel: batch rows become the spatial width."""
+class FCKernel(Step):
+    """A generated fully connected kernel (dense over packed weights, or pruned with its table
+    baked in): X[N][C] -> Y[N][M], both flat arena tensors, split across threads by `units`
+    (tiles of output features, or output features)."""
+
+    layer: str
+    input: str
+    output: str
+    fn: Callable
+    weights: np.ndarray | None  # the dense kernel's packed weights (its third argument)
+    units: int
+    images: int
+    flops: int = MIN_PARALLEL_FLOPS * 8
+    address: int = 0
+
+    def writes(self):
+        return [self.output]
+
+    @property
+    def native(self):
+        return True
+
+    def _pointers(self, arena: Arena) -> tuple[int, int, int]:
+        w = 0 if self.weights is None else self.weights.ctypes.data
+        return arena.views[self.input].ctypes.data, arena.views[self.output].ctypes.data, w
+
+    def native_row(self, arena, threads):
+        x, y, w = self._pointers(arena)
+        return NativeRow(self.address, x, y, w, self.images, self.units, False,
+                         useful_threads(threads, self.flops, self.units))
+
+    def run(self, env, arena, pool, threads):
+        x, y, w = self._pointers(arena)
+        n = self.images
+        parallel(pool, threads, lambda u0, u1: self.fn(x, y, w or None, 0, n, u0, u1), self.units,
+                 self.flops)
+        env[self.output] = arena.views[self.output]
+
+
+@dataclass
+class BatchLanesFC(Step):
+    """A pruned FC layer at batch >= 4 on the direct-conv kernel, the batch in the vector lanes:
+    X is transposed into a (C, 1, N) layout and Y back from (M, 1, N), in numpy (so the step runs
+    from Python). Gathers cost per image; here one table pass serves every image."""
 
     layer: str
     input: str
@@ -210,44 +262,42 @@ class SparseFC(Step):
     blocks: int
     in_layout: Layout  # (C, 1, N)
     out_layout: Layout  # (M, 1, N)
+    flops: int = MIN_PARALLEL_FLOPS * 8
     address: int = 0
 
     def writes(self):
         return [self.output]
 
     def run(self, env, arena, pool, threads):
-        x = env[self.input]
+        x = arena.views[self.input]
         src, dst = arena.scratch[self.layer + ":in"], arena.scratch[self.layer + ":out"]
-        self.in_layout.write(src, np.ascontiguousarray(x.T, np.float32)[None, :, None, :])
+        self.in_layout.write(src, x.T[None, :, None, :])
         in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
         parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, None, 0, 1, b0, b1),
-                 self.blocks)
-        env[self.output] = np.ascontiguousarray(self.out_layout.read(dst, 1)[0, :, 0, :].T)
+                 self.blocks, self.flops)
+        arena.views[self.output][...] = self.out_layout.read(dst, 1)[0, :, 0, :].T
+        env[self.output] = arena.views[self.output]
 
 
 @dataclass
-class GemmKernel(Step):
-    """A generated dense FC kernel over packed weights."""
+class Alias(Step):
+    """A Flatten/Reshape of a contiguous arena tensor: its output is a view of the same buffer."""
 
     layer: str
-    input: str
     output: str
-    fn: Callable
-    weights: np.ndarray
-    tiles: int
-    out_features: int
-    address: int = 0
 
     def writes(self):
         return [self.output]
 
+    @property
+    def native(self):
+        return True
+
+    def native_row(self, arena, threads):
+        return None  # nothing to run
+
     def run(self, env, arena, pool, threads):
-        x = np.ascontiguousarray(env[self.input], np.float32)
-        n = x.shape[0]
-        y = np.empty((n, self.out_features), np.float32)
-        xp, yp, wp = x.ctypes.data, y.ctypes.data, self.weights.ctypes.data
-        parallel(pool, threads, lambda t0, t1: self.fn(xp, yp, wp, 0, n, t0, t1), self.tiles)
-        env[self.output] = y
+        env[self.output] = arena.views[self.output]
 
 
 @dataclass
