@@ -27,6 +27,8 @@ from .codegen.lrn import render_lrn
 from .codegen.pool import kernel_symbol as pool_symbol
 from .codegen.pool import render_pool
 from .codegen.render import KernelSource
+from .codegen.repack import kernel_symbol as repack_symbol
+from .codegen.repack import render_repack
 from .codegen.schedule import SYMBOL as DRIVER_SYMBOL
 from .codegen.schedule import render_schedule
 from .codegen.sparse_fc import kernel_symbol as fc_symbol
@@ -247,14 +249,39 @@ class _Builder:
         info.source = code.source
         images = self.images(x)
         floats = code.input_floats(wl, images)
+        src = x
         if code.pack is None:
             self.extent[x] = max(self.extent.get(x, 0), floats)
-        else:
-            self.scratch[node.name] = floats
+        else:  # a strided conv reads a phase-split copy: a repack kernel writes it first
+            src = f"{node.name}:pack"
+            self.scratch[src] = floats
+            self.repack(src, node.op, x, src, in_layout, code.pack, 0)
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
-        step = st.ActivationKernel(node.name, x, y, None, pattern.blocks, code.pack, images, flops,
-                             residual)
+        step = st.ActivationKernel(node.name, src, y, None, pattern.blocks, images, flops, residual)
         self._add_kernel(step, info, st.ConvFn)
+
+    def repack(self, name: str, op: str, x: str, out: str, src: Layout, dst: Layout,
+               channel_offset: int) -> None:
+        """A kernel copying tensor x (layout src) into `out` (a tensor or a scratch buffer) in
+        layout dst, at a channel offset: a strided conv's packed input, a Concat's input."""
+        v, tname, images = self.target.vector_width, self.target.name, self.images(x)
+        channels = src.channels
+        info = LayerInfo(name, "Repack" if op == "Conv" else op, f"repack p{dst.phases}s{dst.shifts}_v{v}",
+                         self.shape(x), self.shape(out) if out in self.graph.values else (),
+                         symbol=repack_symbol(name, dst, v))
+        info.source = KernelSource(
+            lambda: render_repack(name, channels, src, dst, channel_offset, v, tname),
+            "repack", name, channels, src, dst, channel_offset, v, tname)
+        step = st.ActivationKernel(name, x, out, None, channels, images,
+                                   channels * src.height * src.width * images,
+                                   into_scratch=out not in self.graph.values)
+        self._add_kernel(step, info, st.ConvFn)
+
+    def concat(self, node: Node, layouts: dict[str, Layout]) -> None:
+        y, offset = node.outputs[0], 0
+        for i, x in enumerate(node.inputs):
+            self.repack(f"{node.name}:in{i}", node.op, x, y, layouts[x], layouts[y], offset)
+            offset += layouts[x].channels
 
     def _conv_code(self, spec: ConvSpec, key: str) -> tuple[ConvCode, bool]:
         """The layer's kernel and whether its plan came from the tuning log. An explicit plan
@@ -284,7 +311,7 @@ class _Builder:
                          dense_flops=c * wl.out_height * wl.out_width * wl.kernel[0] * wl.kernel[1] * images)
         info.source = KernelSource(lambda: render_pool(node.name, wl, in_layout, out_layout, v, tname),
                                    "pool", node.name, wl, in_layout, out_layout, v, tname)
-        step = st.ActivationKernel(node.name, x, y, None, c, None, images, info.dense_flops)
+        step = st.ActivationKernel(node.name, x, y, None, c, images, info.dense_flops)
         self._add_kernel(step, info, st.ConvFn)
 
     def lrn(self, node: Node, layouts: dict[str, Layout]) -> None:
@@ -297,7 +324,7 @@ class _Builder:
         info.source = KernelSource(lambda: render_lrn(node.name, wl, in_layout, out_layout, v, tname),
                                    "lrn", node.name, wl, in_layout, out_layout, v, tname)
         flops = int(np.prod(shape)) * (2 * wl.size + 8)
-        step = st.ActivationKernel(node.name, x, y, None, wl.channels, None, self.images(x), flops)
+        step = st.ActivationKernel(node.name, x, y, None, wl.channels, self.images(x), flops)
         self._add_kernel(step, info, st.ConvFn)
 
     def sparse_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
@@ -410,6 +437,9 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
         if pool_lowerable(node) and node.inputs[0] in layouts and node.outputs[0] in layouts:
             b.pool(node, layouts)
             continue
+        if concat_lowerable(graph, node, layouts):
+            b.concat(node, layouts)
+            continue
         if (node.op == "LRN" and node.inputs[0] in layouts and node.outputs[0] in layouts
                 and LRNWorkload.from_attrs(graph.value(node.inputs[0]).static_shape(),
                                            node.attrs).power_form is not None):
@@ -470,6 +500,16 @@ def _reads(step: st.Step) -> list[str]:
     if isinstance(step, st.ActivationKernel) and step.residual:
         return [step.input, step.residual]
     return [step.input]
+
+
+def concat_lowerable(graph: Graph, node: Node, layouts: dict[str, Layout]) -> bool:
+    """A Concat of planned 4-D activations along channels, each input a distinct tensor."""
+    if node.op != "Concat" or len(node.outputs) != 1 or node.outputs[0] not in layouts:
+        return False
+    if node.attrs.get("axis") not in (1, -3) or len(set(node.inputs)) != len(node.inputs):
+        return False
+    return all(t in layouts and layouts[t].phases == 1 and layouts[t].shifts == 1
+               for t in node.inputs)
 
 
 def flat_tensors(graph: Graph, order: list[Node], layouts: dict[str, Layout]) -> dict[str, tuple]:

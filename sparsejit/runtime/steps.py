@@ -59,8 +59,10 @@ class Arena:
             arena.views[t] = data.reshape(shape)  # a view: base is contiguous (lowering checked)
         return arena
 
-    def buffer(self, tensor: str) -> np.ndarray:
-        return self.slots[self.slot_of[tensor]]
+    def buffer(self, name: str) -> np.ndarray:
+        """The buffer of a planned tensor, or a step's scratch buffer by its name."""
+        scratch = self.scratch.get(name)
+        return scratch if scratch is not None else self.slots[self.slot_of[name]]
 
 
 @dataclass(frozen=True)
@@ -157,26 +159,26 @@ class WriteInput(Step):
 @dataclass
 class ActivationKernel(Step):
     """A generated kernel from one planned 4-D activation buffer to another (a direct conv, a
-    pool), split across threads by channel blocks or images. A conv packs its input first when
-    it reads a layout of its own."""
+    pool, LRN, a repack), split across threads by channel blocks or images. Input and output
+    name tensors or scratch buffers (see Arena.buffer)."""
 
     layer: str
     input: str
     output: str
     fn: Callable
     blocks: int  # channel blocks: the unit of work a thread takes
-    pack_layout: Layout | None  # private phase-split copy of the input, or None to read in place
     images: int  # the input's dim 0
     flops: int = MIN_PARALLEL_FLOPS * 8  # nonzero flops of one call: decides whether to split
     residual: str | None = None  # a fused Add's other operand, added in the epilogue
     address: int = 0  # of fn
+    into_scratch: bool = False  # output is a private scratch buffer (a strided conv's packed input)
 
     def writes(self):
-        return [self.output]
+        return [] if self.into_scratch else [self.output]
 
     @property
     def native(self):
-        return self.pack_layout is None
+        return True
 
     def _by_image(self, threads: int) -> bool:
         return self.blocks < threads and self.images > 1
@@ -190,12 +192,7 @@ class ActivationKernel(Step):
                          by_image, useful_threads(threads, self.flops, units))
 
     def run(self, env, arena, pool, threads):
-        if self.pack_layout is not None:
-            src = arena.scratch[self.layer]
-            self.pack_layout.write(src, env[self.input])
-        else:
-            src = arena.buffer(self.input)
-        dst = arena.buffer(self.output)
+        src, dst = arena.buffer(self.input), arena.buffer(self.output)
         n = self.images
         in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
         res = arena.buffer(self.residual).ctypes.data if self.residual else None
@@ -206,7 +203,8 @@ class ActivationKernel(Step):
             parallel(pool, threads,
                      lambda n0, n1: self.fn(in_ptr, out_ptr, res, n0, n1, 0, self.blocks),
                      n, self.flops)
-        env[self.output] = arena.views[self.output]
+        if not self.into_scratch:
+            env[self.output] = arena.views[self.output]
 
 
 @dataclass
