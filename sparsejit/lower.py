@@ -3,10 +3,14 @@
 Per node: a Conv with constant weights becomes a direct-conv kernel (sparse or dense blocking,
 table or unrolled form: see kernels/select.py; an explicit plan, else the tuning log's fastest
 plan for its workload, else the default); a Gemm/MatMul with constant weights becomes the
-dense FC kernel or, when pruned, the direct kernel with the batch as its width; every other op
-runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the
-stride-1 convs that read it, so producers write straight into the buffer those convs read;
-strided convs pack a private phase-split copy. Buffers are then planned by liveness.
+dense FC kernel or, when pruned, the gather kernel (below batch 4) or the direct kernel with the
+batch in the vector lanes; pools, LRN (beta 0.5/0.75/1) and channel Concats become kernels of
+their own; a Flatten/Reshape of a contiguous tensor is a view; every other op runs its numpy
+reference. Every 4-D activation gets a padded layout wide enough for all the stride-1 convs that
+read it, so producers write straight into the buffer those convs read; a strided conv's repack
+kernel first copies its input into a private phase-split layout. Activations are planned by
+liveness; other float tensors (FC inputs and outputs) get arena buffers of their own. Runs of
+kernel steps execute as one call into the schedule driver (runtime/schedule.py).
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from .kernels.direct_conv import ConvWorkload, Epilogue, build_pattern, input_ex
 from .kernels.gemm import GemmWorkload, pack_weights
 from .kernels.layout import Layout
 from .kernels.lrn import LRNWorkload
-from .kernels.pool import pool_lowerable, pool_workload
+from .kernels.pool import PoolWorkload, pool_lowerable, pool_workload
 from .kernels.reference import run_node
 from .kernels.sparse_fc import SparseFcWorkload
 from .kernels.sparse_fc import build_tables as build_fc_tables
@@ -189,6 +193,16 @@ def is_pointwise(wl: ConvWorkload) -> bool:
             and wl.dilations == (1, 1))
 
 
+def subsampled(wl: ConvWorkload) -> ConvWorkload | None:
+    """A strided unpadded 1x1 conv as a stride-1 1x1 conv over its input's every stride-th row
+    and column (which a subsample kernel copies out first): its output rows are then dense
+    vectors (flattened, a 7x7 map is 4 vectors, not 7 rows of 7 lanes), not phase rows."""
+    if wl.kernel != (1, 1) or wl.strides == (1, 1) or wl.pads != (0, 0, 0, 0):
+        return None
+    return ConvWorkload(wl.in_channels, wl.out_height, wl.out_width, wl.out_channels, (1, 1),
+                        group=wl.group)
+
+
 def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout):
     """A 1x1 conv over unpadded planes is a product over the whole plane: treat H x W as one row
     of H*W pixels, so vectors run across row ends (a 7x7 map fills 4 vectors, not 7 at 7/16)."""
@@ -231,6 +245,14 @@ class _Builder:
         in_layout, out_layout = layouts[x], layouts[y]
         residual = node.attrs.get("residual")
         res_layout = layouts[residual] if residual else None
+        src = x
+        sub = subsampled(wl)
+        if sub is not None:  # a strided 1x1 conv: subsample first, then a stride-1 1x1 conv
+            src = f"{node.name}:subsample"
+            packed = Layout(wl.in_channels, sub.height, sub.width)
+            self.scratch[src] = self.images(x) * packed.image_stride
+            self.subsample(src, x, in_layout, packed, wl.strides)
+            wl, in_layout = sub, packed
         flat = flattened(wl, in_layout, out_layout)
         if flat is not None and (res_layout is None or res_layout.is_plain):
             wl, in_layout, out_layout = flat
@@ -249,13 +271,14 @@ class _Builder:
         info.source = code.source
         images = self.images(x)
         floats = code.input_floats(wl, images)
-        src = x
-        if code.pack is None:
-            self.extent[x] = max(self.extent.get(x, 0), floats)
-        else:  # a strided conv reads a phase-split copy: a repack kernel writes it first
+        if code.pack is not None:  # a strided conv reads a phase-split copy: a repack writes it
+            self.repack(f"{node.name}:pack", node.op, x, f"{node.name}:pack", layouts[x], code.pack, 0)
             src = f"{node.name}:pack"
             self.scratch[src] = floats
-            self.repack(src, node.op, x, src, in_layout, code.pack, 0)
+        elif src == x:
+            self.extent[x] = max(self.extent.get(x, 0), floats)
+        else:
+            self.scratch[src] = max(self.scratch[src], floats)
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
         step = st.ActivationKernel(node.name, src, y, None, pattern.blocks, images, flops, residual)
         self._add_kernel(step, info, st.ConvFn)
@@ -275,6 +298,18 @@ class _Builder:
         step = st.ActivationKernel(name, x, out, None, channels, images,
                                    channels * src.height * src.width * images,
                                    into_scratch=out not in self.graph.values)
+        self._add_kernel(step, info, st.ConvFn)
+
+    def subsample(self, name: str, x: str, src: Layout, dst: Layout, strides: tuple[int, int]) -> None:
+        """Every strides-th row and column of x into a private plain buffer: a 1x1 max pool."""
+        wl = PoolWorkload("max", src.channels, src.height, src.width, (1, 1), strides)
+        v, tname, images = self.target.vector_width, self.target.name, self.images(x)
+        info = LayerInfo(name, "Subsample", f"pool subsample_v{v}", self.shape(x),
+                         (images, dst.channels, dst.height, dst.width), symbol=pool_symbol(name, wl, v))
+        info.source = KernelSource(lambda: render_pool(name, wl, src, dst, v, tname),
+                                   "pool", name, wl, src, dst, v, tname)
+        step = st.ActivationKernel(name, x, name, None, src.channels, images,
+                                   dst.channels * dst.height * dst.width * images, into_scratch=True)
         self._add_kernel(step, info, st.ConvFn)
 
     def concat(self, node: Node, layouts: dict[str, Layout]) -> None:
