@@ -180,6 +180,19 @@ def test_one_or_two_threads_give_the_same_answer(name, monkeypatch):
         assert_close(two[out], one[out], what=f"{name}: {out} with 2 threads vs 1")
 
 
+def test_a_closed_model_runs_on_the_calling_thread(monkeypatch):
+    monkeypatch.setattr(steps, "MIN_PARALLEL_FLOPS", 1)
+    model = built("tiny")
+    x = image(model, 2, SEED)
+    cm = sparsejit.compile(model, threads=2)
+    before = cm.run({"data": x})
+    cm.close()
+    after = cm.run({"data": x})
+    for out in before:
+        assert_close(after[out], before[out], what=f"{out} after close()")
+    assert_outputs_close(after, expected(model, x), "tiny after close()")
+
+
 # -- targets ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["tiny", "caffenet"])
 def test_targets_give_the_same_answer(name):

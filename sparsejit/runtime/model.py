@@ -152,9 +152,10 @@ class CompiledModel:
                 start = time.perf_counter() if times is not None else 0.0
                 try:
                     if isinstance(item, NativeRun):
-                        table = arena.tables.get(index)
+                        threads = self.threads if self._pool is not None else 1
+                        table = arena.tables.get((index, threads))
                         if table is None:
-                            table = arena.tables[index] = build_table(item, arena, self.threads)
+                            table = arena.tables[index, threads] = build_table(item, arena, threads)
                         run_native(prog.driver, table, self._pool)
                         for tensor in item.writes():
                             env[tensor] = arena.views[tensor]
@@ -228,8 +229,10 @@ class CompiledModel:
         return "\n".join(lines)
 
     def close(self) -> None:
+        """Stop the worker threads; later calls run on the calling thread only."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=False)
 
     def __repr__(self) -> str:
         return (f"<CompiledModel '{self.name}' target={self.target.name} inputs={self.graph.inputs} "

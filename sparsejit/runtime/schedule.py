@@ -98,9 +98,11 @@ def run_native(driver: DriverFn, table: RunTable, pool: ThreadPoolExecutor | Non
     rows, count, barrier = table.rows.ctypes.data, len(table.rows), table.barrier.ctypes.data
     if count == 0:
         return
-    if table.threads == 1 or pool is None:
+    if table.threads == 1:
         driver(rows, count, 0, 1, barrier)
         return
+    if pool is None:
+        raise RuntimeError(f"a table for {table.threads} threads needs a worker pool")
     n = table.threads
     futures = [pool.submit(driver, rows, count, tid, n, barrier) for tid in range(1, n)]
     driver(rows, count, 0, n, barrier)

@@ -37,7 +37,7 @@ class Arena:
     layouts: dict[str, Layout]
     scratch: dict[str, np.ndarray] = field(default_factory=dict)
     views: dict[str, np.ndarray] = field(default_factory=dict)
-    tables: dict[int, Any] = field(default_factory=dict)  # schedule index -> its driver table
+    tables: dict[tuple[int, int], Any] = field(default_factory=dict)  # (schedule index, threads) -> table
 
     @classmethod
     def allocate(cls, batch: int, sizes: list[int], slot_of: dict[str, int],
