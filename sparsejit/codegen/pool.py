@@ -31,6 +31,42 @@ def unmasked_blocks(wl: PoolWorkload, vector_width: int) -> tuple[int, int]:
     return (inner[0], inner[-1] + 1) if inner else (0, 0)
 
 
+def _bits(lanes) -> int:
+    """A lane mask as an integer, lane i in bit i: how the kernel loads <N x i1> constants."""
+    return sum(1 << i for i, on in enumerate(lanes) if on)
+
+
+def load_masks(wl: PoolWorkload, vector_width: int) -> list[int]:
+    """Per block ob and window column kx: which of the SX*V loaded columns lie in the row."""
+    v, sx = vector_width, wl.strides[1]
+    blocks = -(-wl.out_width // v)
+    masks = []
+    for ob in range(blocks):
+        for kx in range(wl.kernel[1]):
+            start = ob * v * sx - wl.pads[1] + kx * wl.dilations[1]
+            masks.append(_bits(0 <= start + i < wl.width for i in range(sx * v)))
+    return masks
+
+
+def store_masks(wl: PoolWorkload, vector_width: int) -> list[int]:
+    v = vector_width
+    return [_bits(ob * v + i < wl.out_width for i in range(v)) for ob in range(-(-wl.out_width // v))]
+
+
+def reduction_tree(leaves: int) -> list[tuple[int, int, int]]:
+    """(node, a, b) steps combining nodes 0..leaves-1 pairwise, level by level; new nodes are
+    numbered from `leaves` on and the last step's node is the root (no steps for one leaf)."""
+    level, steps, next_id = list(range(leaves)), [], leaves
+    while len(level) > 1:
+        paired = []
+        for i in range(0, len(level) - 1, 2):
+            steps.append((next_id, level[i], level[i + 1]))
+            paired.append(next_id)
+            next_id += 1
+        level = paired + level[len(level) - len(level) % 2:]
+    return steps
+
+
 def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Layout,
                 vector_width: int, target_name: str) -> str:
     """`void NAME(ptr in, ptr out, ptr unused, i64 n0, i64 n1, i64 c0, i64 c1)`: images
@@ -41,6 +77,7 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
     blocks = -(-wl.out_width // v)
     lo, hi = unmasked_blocks(wl, v)
     init = "float 0xFFF0000000000000" if wl.kind == "max" else "float 0.0"
+    tree = reduction_tree(wl.kernel[1])
     cols = np.zeros(blocks * v, np.float32)
     cols[:wl.out_width] = wl.window_counts(1)
     cols[wl.out_width:] = 1.0  # lanes past the row end are never stored: keep them finite
@@ -58,9 +95,9 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
         out_origin=out_layout.pad_top * out_layout.row_stride + out_layout.pad_left,
         init_vec=splat(v, init), init_wide=splat(sx * v, init),
         stride_lanes=", ".join(f"i32 {i * sx}" for i in range(v)),
-        iota=", ".join(f"i32 {i}" for i in range(v)),
-        iota_wide=", ".join(f"i32 {i}" for i in range(sx * v)),
-        Wvec=splat(sx * v, f"i32 {wl.width}"), OWvec=splat(v, f"i32 {wl.out_width}"),
+        tree=tree, root=tree[-1][0] if tree else 0,
+        load_masks=", ".join(f"i{sx * v} {m}" for m in load_masks(wl, v)),
+        store_masks=", ".join(f"i{v} {m}" for m in store_masks(wl, v)),
         rows=float_list(wl.window_counts(0)), cols=float_list(cols),
     )
     return render("pool.ll.j2", k=k)
