@@ -4,9 +4,9 @@ Per node: a Conv with constant weights becomes a direct-conv kernel (sparse or d
 table or unrolled form: see kernels/select.py; an explicit plan, else the tuning log's fastest
 plan for its workload, else the default); a Gemm/MatMul with constant weights becomes the
 dense FC kernel or, when pruned, the gather kernel (below batch 4) or the direct kernel with the
-batch in the vector lanes; pools, LRN (beta 0.5/0.75/1) and channel Concats become kernels of
-their own; a Flatten/Reshape of a contiguous tensor is a view; every other op runs its numpy
-reference. Every 4-D activation gets a padded layout wide enough for all the stride-1 convs that
+batch in the vector lanes; pools, LRN (beta 0.5/0.75/1), channel Concats and row Softmaxes
+become kernels of their own; a Flatten/Reshape of a contiguous tensor is a view; every other op
+runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the stride-1 convs that
 read it, so producers write straight into the buffer those convs read; a strided conv's repack
 kernel first copies its input into a private phase-split layout. Activations are planned by
 liveness; other float tensors (FC inputs and outputs) get arena buffers of their own. Runs of
@@ -35,6 +35,8 @@ from .codegen.repack import kernel_symbol as repack_symbol
 from .codegen.repack import render_repack
 from .codegen.schedule import SYMBOL as DRIVER_SYMBOL
 from .codegen.schedule import render_schedule
+from .codegen.softmax import kernel_symbol as softmax_symbol
+from .codegen.softmax import render_softmax
 from .codegen.sparse_fc import kernel_symbol as fc_symbol
 from .codegen.sparse_fc import render_sparse_fc
 from .conv_layer import ConvCode, ConvSpec, render_conv
@@ -379,7 +381,7 @@ class _Builder:
                                      tgt.features),
             "sparse_fc", node.name, wl, plan, tables.rows, tables.table, bias, epilogue, tgt.name,
             tgt.features)
-        step = st.FCKernel(node.name, node.inputs[0], node.outputs[0], None, None, m, n,
+        step = st.FlatKernel(node.name, node.inputs[0], node.outputs[0], None, None, m, n,
                            2 * tables.nonzeros * n)
         self._add_kernel(step, info, st.ConvFn)
 
@@ -423,9 +425,20 @@ class _Builder:
         epilogue, tname = _epilogue(node), self.target.name
         info.source = KernelSource(lambda: render_gemm(node.name, wl, plan, bias, epilogue, tname),
                                    "gemm", node.name, wl, plan, bias, epilogue, tname)
-        step = st.FCKernel(node.name, node.inputs[0], node.outputs[0], None,
+        step = st.FlatKernel(node.name, node.inputs[0], node.outputs[0], None,
                            pack_weights(weight, plan), plan.tiles(m), n, 2 * m * c * n)
         self._add_kernel(step, info, st.GemmFn)
+
+    def softmax(self, node: Node) -> None:
+        rows, k = self.shape(node.inputs[0])
+        log, v, tname = node.op == "LogSoftmax", self.target.vector_width, self.target.name
+        info = LayerInfo(node.name, node.op, f"softmax v{v}", (rows, k), (rows, k),
+                         symbol=softmax_symbol(node.name, log, v))
+        info.source = KernelSource(lambda: render_softmax(node.name, k, log, v, tname),
+                                   "softmax", node.name, k, log, v, tname)
+        step = st.FlatKernel(node.name, node.inputs[0], node.outputs[0], None, None, rows, 1,
+                             rows * k * 30)
+        self._add_kernel(step, info, st.ConvFn)
 
     def alias(self, node: Node, base: str) -> None:
         """Flatten/Reshape of a contiguous arena tensor: a view, no step does any work."""
@@ -479,6 +492,9 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
                 and LRNWorkload.from_attrs(graph.value(node.inputs[0]).static_shape(),
                                            node.attrs).power_form is not None):
             b.lrn(node, layouts)
+            continue
+        if softmax_lowerable(graph, node, b.flat, b.aliases):
+            b.softmax(node)
             continue
         fc = fc_weights(graph, node) if node.op in ("Gemm", "MatMul") else None
         if fc is not None:
@@ -535,6 +551,16 @@ def _reads(step: st.Step) -> list[str]:
     if isinstance(step, st.ActivationKernel) and step.residual:
         return [step.input, step.residual]
     return [step.input]
+
+
+def softmax_lowerable(graph: Graph, node: Node, flat: dict, aliases: dict) -> bool:
+    """Softmax / LogSoftmax over the rows of a 2-D arena tensor."""
+    if node.op not in ("Softmax", "LogSoftmax") or len(node.outputs) != 1:
+        return False
+    x, y = node.inputs[0], node.outputs[0]
+    if (x not in flat and x not in aliases) or y not in flat or len(flat[y]) != 2:
+        return False
+    return node.attrs.get("axis") in (1, -1)
 
 
 def concat_lowerable(graph: Graph, node: Node, layouts: dict[str, Layout]) -> bool:

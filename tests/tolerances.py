@@ -6,6 +6,9 @@ import numpy as np
 
 RTOL = 1e-4
 ATOL = 1e-5
+# Kernels that compute exp / log themselves (softmax) against a float64 reference: an ulp or so
+# from exp, one from the division, a few from the float32 sum (measured: up to 3.5 eps = 4e-7).
+ELEMENTWISE_RTOL = 1e-6
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, *, what: str, rtol: float = RTOL,

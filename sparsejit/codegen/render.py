@@ -92,6 +92,17 @@ def float_list(values: np.ndarray) -> str:
     return ", ".join("float 0x%016X" % v for v in arr.tolist())
 
 
+def halving_steps(vector_width: int) -> list[tuple[int, str, str]]:
+    """A horizontal reduction's steps: (width after the step, low-half lanes, high-half lanes)."""
+    steps = []
+    h = vector_width // 2
+    while h >= 1:
+        steps.append((h, ", ".join(f"i32 {i}" for i in range(h)),
+                      ", ".join(f"i32 {i}" for i in range(h, 2 * h))))
+        h //= 2
+    return steps
+
+
 def splat(vector_width: int, element: str) -> str:
     """Elements of a constant vector, e.g. splat(4, 'float 0.0') -> 'float 0.0, float 0.0, ...'."""
     return ", ".join([element] * vector_width)

@@ -1,15 +1,18 @@
 """Render a Softmax / LogSoftmax kernel over rows of K floats -> LLVM IR text (no LLVM calls here).
 
-exp is the template's own vector code (no libm: see tests/test_generated_code.py):
-  t <= 0 (after subtracting the row max) is clamped to [CUT, TOP] (NaN -> CUT, so no poison
-  from fptosi), k = rint(t * log2(e)), r = t - k * ln2 in two parts (Cody-Waite: LN2_HI has 9
-  significant bits, so k * LN2_HI is exact with or without FMA), exp(r) by its Taylor polynomial
-  of degree 7 on |r| <= ln2/2 (truncation error r^8/8! < 6e-9 relative, a tenth of an ulp),
-  times 2^k built as the bits (k + 127) << 23. CUT = -126 ln2: below it the result would be
-  denormal and is 0 instead; NaN inputs give NaN by a final select.
+exp is the template's own vector code (no libm: see tests/test_generated_code.py). Its argument
+t = x - max is <= 0 or -inf, except in a row holding a NaN, where it may be anything:
+  c = max(t, CUT) (a NaN stays NaN); s = c * log2(e) + MAGIC, which rounds to an integer: k =
+  s - MAGIC, and the low bits of s hold k, so (bits(s) << 23) + bits(1.0) are the bits of 2^k
+  (no fptosi, so no poison for any input); r = c - k * ln2 in two parts (Cody-Waite: LN2_HI has
+  9 significant bits, so k * LN2_HI is exact with or without FMA); exp(r) by its Taylor
+  polynomial of degree 7 on |r| <= ln2/2 (truncation r^8/8! < 6e-9 relative, a tenth of an
+  ulp); then times 2^k. Below CUT = -126 ln2 the result would be denormal and is 0 instead.
+  A NaN t gives a NaN r, so a NaN result whatever 2^k's bits are; any t > 0 lies in a NaN row,
+  whose sum, and so every output, is NaN.
 log(sum) for LogSoftmax is scalar, once per row, in double: sum = m * 2^e with m in
   [sqrt(1/2), sqrt(2)), log m = 2 atanh(u), u = (m - 1) / (m + 1), |u| < 0.172, by its series
-  to u^13 (error < 1e-12), rounded to float at the end.
+  to u^13 (error < 1e-12), rounded to float at the end; a NaN sum gives NaN.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from .render import float_literal, render, splat, symbol
+from .render import float_literal, halving_steps, render, symbol
 
 TEMPLATE = "softmax.ll.j2"
 VECTOR_WIDTHS = (4, 8, 16)
@@ -27,9 +30,10 @@ VECTOR_WIDTHS = (4, 8, 16)
 LN2_HI = 0.693359375  # 0x3F318000: 9 significant bits
 LN2_LO = float(np.float32(math.log(2.0) - LN2_HI))
 CUT = float(np.nextafter(np.float32(-126 * math.log(2.0)), np.float32(0)))  # k >= -126 above it
-TOP = 88.0  # exp(88) < FLT_MAX: only rows holding a NaN see t > 0, and their result is NaN
+MAGIC = 1.5 * 2**23  # t * log2(e) + MAGIC rounds to an integer k, held in the low mantissa bits
 EXP_TAYLOR_DEGREE = 7
 LOG_SERIES_TERMS = 6  # 1/3, 1/5, ..., 1/13
+UNROLL = {"max": 4, "sum": 4, "out": 1}  # vectors per loop iteration (accumulators) per pass
 
 
 def kernel_symbol(layer: str, log: bool, vector_width: int) -> str:
@@ -49,32 +53,21 @@ def render_softmax(layer: str, rows_len: int, log: bool, vector_width: int, targ
     tail = rows_len % v
 
     def vec(value: float) -> str:
-        return splat(v, f"float {float_literal(value)}")
+        return f"splat (float {float_literal(value)})"
 
     k = SimpleNamespace(
         name=kernel_symbol(layer, log, v), target=target_name, log=log,
         K=rows_len, V=v, NV=rows_len // v, TAIL=tail,
         tail_mask=", ".join(f"i1 {'true' if i < tail else 'false'}" for i in range(v)),
-        halves=_halves(v),
-        ninf=vec(-math.inf), zero=vec(0.0), cut=vec(CUT), top=vec(TOP), log2e=vec(1 / math.log(2.0)),
+        halves=halving_steps(v), unroll=SimpleNamespace(**UNROLL),
+        ninf=vec(-math.inf), cut=vec(CUT), log2e=vec(1 / math.log(2.0)),
         neg_ln2_hi=vec(-LN2_HI), neg_ln2_lo=vec(-LN2_LO),
         taylor=[vec(1 / math.factorial(n)) for n in range(EXP_TAYLOR_DEGREE, -1, -1)],
-        bias=splat(v, "i32 127"), shift=splat(v, "i32 23"),
+        magic=vec(MAGIC),
         sqrt2=_double_literal(math.sqrt(2.0)), ln2_d=_double_literal(math.log(2.0)),
         atanh=[_double_literal(1 / (2 * n + 1)) for n in range(LOG_SERIES_TERMS, -1, -1)],
     )
     return render(TEMPLATE, k=k)
-
-
-def _halves(v: int) -> list[tuple[int, str, str]]:
-    """A horizontal reduction's steps: (width after the step, low-half lanes, high-half lanes)."""
-    steps = []
-    h = v // 2
-    while h >= 1:
-        steps.append((h, ", ".join(f"i32 {i}" for i in range(h)),
-                      ", ".join(f"i32 {i}" for i in range(h, 2 * h))))
-        h //= 2
-    return steps
 
 
 def _double_literal(value: float) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..kernels.direct_conv import Epilogue
 from ..kernels.sparse_fc import SparseFcPlan, SparseFcTables, SparseFcWorkload
-from .render import byte_string, float_literal, render, symbol
+from .render import byte_string, float_literal, halving_steps, render, symbol
 
 TEMPLATE = "fc_sparse_rows.ll.j2"
 
@@ -41,22 +41,11 @@ def render_sparse_fc(layer: str, workload: SparseFcWorkload, plan: SparseFcPlan,
         table=byte_string(table), table_bytes=table.size,
         rows=byte_string(tables.rows.astype("<i4")), rows_bytes=4 * len(tables.rows),
         bias=byte_string(np.asarray(bias, "<f4")), bias_bytes=4 * len(bias),
-        halves=_halves(v), prefetch=plan.prefetch_bytes,
+        halves=halving_steps(v), prefetch=plan.prefetch_bytes,
         lane=_one_lane(epilogue),
         fn_attrs=f' "target-features"="{target_features},+fast-gather"' if target_features else "",
     )
     return render(TEMPLATE, k=k)
-
-
-def _halves(v: int) -> list[tuple[int, str, str]]:
-    """The horizontal sum's steps: (width after the step, low-half lanes, high-half lanes)."""
-    steps = []
-    h = v // 2
-    while h >= 1:
-        steps.append((h, ", ".join(f"i32 {i}" for i in range(h)),
-                      ", ".join(f"i32 {i}" for i in range(h, 2 * h))))
-        h //= 2
-    return steps
 
 
 def _one_lane(epilogue: Epilogue) -> SimpleNamespace:

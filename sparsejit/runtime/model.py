@@ -196,14 +196,14 @@ class CompiledModel:
         """The LLVM IR module generated for `layer` (its ONNX node name)."""
         info = self._layer(layer)
         if info.source is None:
-            raise KeyError(f"layer '{layer}' ({info.op}) runs in the numpy reference: no IR")
+            raise KeyError(f"layer '{layer}' ({info.op}) has no kernel ({info.kernel}): no IR")
         return info.ir
 
     def asm(self, layer: str) -> str:
         """The assembly of `layer`'s kernel for the compiled target."""
         info = self._layer(layer)
         if info.source is None:
-            raise KeyError(f"layer '{layer}' ({info.op}) runs in the numpy reference: no assembly")
+            raise KeyError(f"layer '{layer}' ({info.op}) has no kernel ({info.kernel}): no assembly")
         return llvm.assembly(info.ir, self.target, info.opt)
 
     def report(self) -> str:

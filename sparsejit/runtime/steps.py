@@ -208,10 +208,10 @@ class ActivationKernel(Step):
 
 
 @dataclass
-class FCKernel(Step):
-    """A generated fully connected kernel (dense over packed weights, or pruned with its table
-    baked in): X[N][C] -> Y[N][M], both flat arena tensors, split across threads by `units`
-    (tiles of output features, or output features)."""
+class FlatKernel(Step):
+    """A generated kernel between flat arena tensors: an FC layer (dense over packed weights,
+    or pruned with its table baked in) X[N][C] -> Y[N][M], or a softmax over rows; split across
+    threads by `units` (tiles of output features, output features, or rows)."""
 
     layer: str
     input: str
@@ -219,7 +219,7 @@ class FCKernel(Step):
     fn: Callable
     weights: np.ndarray | None  # the dense kernel's packed weights (its third argument)
     units: int
-    images: int
+    images: int  # rows of X, the kernel's n range (a softmax takes its rows as units instead)
     flops: int = MIN_PARALLEL_FLOPS * 8
     address: int = 0
 
