@@ -130,30 +130,69 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def im2col_conv(x, w, strides, pads, dilations, group):
-    """Dense conv the classic way: im2col (a strided view, then one copy) + one BLAS GEMM per group."""
+def _padded(x, kernel, strides, pads, dilations):
+    """x padded as the conv pads it, and the conv's output height and width."""
     import numpy as np
 
-    n, c, h, wd = x.shape
-    m, cg, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    p = (xp.shape[2] - dilations[0] * (kh - 1) - 1) // strides[0] + 1
-    q = (xp.shape[3] - dilations[1] * (kw - 1) - 1) // strides[1] + 1
+    p = (xp.shape[2] - dilations[0] * (kernel[0] - 1) - 1) // strides[0] + 1
+    q = (xp.shape[3] - dilations[1] * (kernel[1] - 1) - 1) // strides[1] + 1
+    return xp, p, q
+
+
+def im2col(xs, kernel, strides, dilations, p, q):
+    """The im2col matrix [C*R*S, P*Q] of one padded image xs[C, H, W] (a strided view per
+    kernel tap, then one copy)."""
+    import numpy as np
+
+    kh, kw = kernel
+    cols = np.empty((xs.shape[0], kh, kw, p, q), np.float32)
+    for r in range(kh):
+        for s in range(kw):
+            r0, s0 = r * dilations[0], s * dilations[1]
+            cols[:, r, s] = xs[
+                :,
+                r0 : r0 + strides[0] * (p - 1) + 1 : strides[0],
+                s0 : s0 + strides[1] * (q - 1) + 1 : strides[1],
+            ]
+    return cols.reshape(-1, p * q)
+
+
+def im2col_conv(x, w, strides, pads, dilations, group):
+    """Dense conv the classic way: im2col + one BLAS GEMM per group."""
+    import numpy as np
+
+    n, m, cg = x.shape[0], w.shape[0], w.shape[1]
+    xp, p, q = _padded(x, w.shape[2:], strides, pads, dilations)
     out = np.empty((n, m, p, q), np.float32)
     mg = m // group
     for b in range(n):
         for g in range(group):
-            xs = xp[b, g * cg : (g + 1) * cg]
-            cols = np.empty((cg, kh, kw, p, q), np.float32)
-            for r in range(kh):
-                for s in range(kw):
-                    r0, s0 = r * dilations[0], s * dilations[1]
-                    cols[:, r, s] = xs[
-                        :,
-                        r0 : r0 + strides[0] * (p - 1) + 1 : strides[0],
-                        s0 : s0 + strides[1] * (q - 1) + 1 : strides[1],
-                    ]
-            out[b, g * mg : (g + 1) * mg] = (
-                w[g * mg : (g + 1) * mg].reshape(mg, -1) @ cols.reshape(cg * kh * kw, p * q)
-            ).reshape(mg, p, q)
+            cols = im2col(xp[b, g * cg : (g + 1) * cg], w.shape[2:], strides, dilations, p, q)
+            wg = w[g * mg : (g + 1) * mg].reshape(mg, -1)
+            out[b, g * mg : (g + 1) * mg] = (wg @ cols).reshape(mg, p, q)
+    return out
+
+
+def csr_weights(w, group):
+    """Per group, W[M/G, C/G, R, S] reshaped to [M/G, C/G*R*S] as a scipy.sparse.csr_matrix."""
+    from scipy import sparse
+
+    mg = w.shape[0] // group
+    return [sparse.csr_matrix(w[g * mg : (g + 1) * mg].reshape(mg, -1)) for g in range(group)]
+
+
+def csr_conv(x, csr, kernel, strides, pads, dilations):
+    """Sparse conv the naive way: im2col + one scipy CSR x dense product per group (`csr` from
+    csr_weights). scipy's product is single-threaded."""
+    import numpy as np
+
+    group, (mg, k) = len(csr), csr[0].shape
+    cg = k // (kernel[0] * kernel[1])
+    xp, p, q = _padded(x, kernel, strides, pads, dilations)
+    out = np.empty((x.shape[0], mg * group, p, q), np.float32)
+    for b in range(x.shape[0]):
+        for g in range(group):
+            cols = im2col(xp[b, g * cg : (g + 1) * cg], kernel, strides, dilations, p, q)
+            out[b, g * mg : (g + 1) * mg] = (csr[g] @ cols).reshape(mg, p, q)
     return out

@@ -1,13 +1,15 @@
 """Per-layer benchmark: each conv of a built-in pruned model run alone by sparsejit and by the
-dense peers (onnxruntime, numpy im2col + BLAS, PyTorch NCHW / channels-last when installed), in
-the same process and run. Prints ms, nonzero and dense-equivalent GFLOP/s and speedups; writes
+dense peers (onnxruntime, numpy im2col + BLAS, PyTorch NCHW / channels-last when installed) and
+the naive sparse way (im2col + scipy.sparse CSR weights, when scipy is installed), in the same
+process and run. Prints ms, nonzero and dense-equivalent GFLOP/s and speedups; writes
 benchmarks/results/layers-<model>.json.
 
     python benchmarks/layers.py caffenet --threads 1
     python benchmarks/layers.py resnet50 --sparsity all --layers 'layer3.0.conv2,layer4.0.conv2'
     python benchmarks/layers.py caffenet --deepsparse   # + DeepSparse per layer (its own venv)
 
-DeepSparse is a sparse peer: it is reported in its own column and not counted in "vs best dense".
+scipy CSR and DeepSparse are sparse peers: reported in their own columns, not counted in
+"vs best dense". scipy's sparse product runs on one thread whatever --threads says.
 """
 
 from __future__ import annotations
@@ -45,7 +47,16 @@ def run(args) -> None:
     import json
 
     import numpy as np
-    from common import deepsparse_time, im2col_conv, machine, median_seconds, save, table
+    from common import (
+        csr_conv,
+        csr_weights,
+        deepsparse_time,
+        im2col_conv,
+        machine,
+        median_seconds,
+        save,
+        table,
+    )
     from onnx import TensorProto, helper, numpy_helper
 
     import sparsejit
@@ -71,6 +82,12 @@ def run(args) -> None:
         torch.set_num_threads(args.threads)
     except ImportError:
         torch = None
+    try:
+        import scipy.sparse  # noqa: F401
+
+        has_scipy = True
+    except ImportError:
+        has_scipy = False
 
     rows = [
         [
@@ -86,6 +103,7 @@ def run(args) -> None:
         ]
         + (["torch ms", "torch cl ms"] if torch else [])
         + ["vs best dense"]
+        + (["scipy csr ms"] if has_scipy else [])
         + (["deepsparse ms", "vs deepsparse"] if args.deepsparse else [])
     ]
     results = []
@@ -175,6 +193,15 @@ def run(args) -> None:
             txc, twc = tx.to(memory_format=torch.channels_last), tw.to(memory_format=torch.channels_last)
             peers["torch_cl"] = median_seconds(lambda: torch_conv(txc, twc), args.repeats)
         best = min(peers.values())
+        csr_cols, t_csr = [], None
+        if has_scipy:  # a sparse peer: not in `peers`, so not in `best`
+            csr = csr_weights(w, attrs["group"])
+            geometry = (w.shape[2:], attrs["strides"], pads, attrs["dilations"])
+            y_csr = csr_conv(x, csr, *geometry) + b[None, :, None, None]
+            err_csr = float(np.abs(y_csr - ref).max() / max(1e-6, np.abs(ref).max()))
+            assert err_csr < 1e-3, f"{node.name}: scipy csr differs from im2col by {err_csr}"
+            t_csr = median_seconds(lambda: csr_conv(x, csr, *geometry), max(5, args.repeats // 3))
+            csr_cols = [f"{t_csr * 1e3:.3f}"]
         ds_cols, t_ds = [], None
         if args.deepsparse:
             t_ds = deepsparse_time(layer_model, args.threads, args.batch, args.repeats)
@@ -198,6 +225,7 @@ def run(args) -> None:
             ]
             + ([f"{peers['torch'] * 1e3:.3f}", f"{peers['torch_cl'] * 1e3:.3f}"] if torch else [])
             + [f"{best / t_sj:.2f}x"]
+            + csr_cols
             + ds_cols
         )
         results.append(
@@ -213,6 +241,7 @@ def run(args) -> None:
                 "sparsejit_s": t_sj,
                 "peers_s": peers,
                 "speedup_vs_best_dense": best / t_sj,
+                "scipy_csr_s": t_csr,
                 "deepsparse_s": t_ds,
                 "nonzero_gflops": flops / t_sj / 1e9,
                 "dense_equiv_gflops": dense_flops / t_sj / 1e9,
