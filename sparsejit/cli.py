@@ -24,7 +24,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if directory:
             out = Path(directory)
             out.mkdir(parents=True, exist_ok=True)
-            for info in cm.layers:
+            for info in cm.lowered().layers:
                 if info.source is not None:
                     text = info.ir if kind == "ll" else cm.asm(info.name)
                     (out / f"{info.symbol}.{kind}").write_text(text)

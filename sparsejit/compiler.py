@@ -20,6 +20,7 @@ from .frontend.onnx_import import import_graph, load_model
 from .graph import fold, passes
 from .graph.fuse import fuse_activations, fuse_residual_adds
 from .graph.ir import Graph, Node, Value
+from .graph.weights import CompactConst, compact_weights, restore_weights
 from .lower import Program, conv_lowerable, fc_weights, lower
 from .runtime.model import CompiledModel
 from .targets import Target
@@ -32,9 +33,11 @@ def _kernel_layer(graph: Graph, node: Node) -> bool:
 
 
 def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None = None,
-         load: bool = True) -> Program:
-    """Bind the batch size, run the graph passes and lower the result."""
+         load: bool = True, weights: dict[str, CompactConst] | None = None) -> Program:
+    """Bind the batch size, run the graph passes and lower the result (on a copy of the graph,
+    with its compacted weights restored)."""
     g = copy.deepcopy(graph)
+    restore_weights(g, weights or {})
     fold.simplify(g, batch)
     passes.remove_identities(g)
     passes.fold_batchnorm(g)
@@ -87,10 +90,11 @@ def compile(model: Any, target: str | Target = "host", threads: int | None = Non
     tgt = targets.get(target)
     threads = _check_threads(threads)
     graph = prepare_graph(model)
+    weights = compact_weights(graph)  # the model keeps its graph: pruned weights stay compact
     n_threads = threads if threads else config.default_threads()
     name = graph.name or "model"
     cm = CompiledModel(graph, tgt, n_threads,
-                       lambda b, load: bind(graph, b, tgt, plans, load=load), name)
+                       lambda b, load: bind(graph, b, tgt, plans, load=load, weights=weights), name)
     static = cm._static_batch()
     if batch is not None and static is not None and batch != static:
         raise InputError(f"model '{name}' has a static batch of {static}: batch={batch} cannot be "

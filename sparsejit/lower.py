@@ -6,11 +6,12 @@ plan for its workload, else the default); a Gemm/MatMul with constant weights be
 dense FC kernel or, when pruned, the gather kernel (below batch 4) or the direct kernel with the
 batch in the vector lanes; pools, LRN (beta 0.5/0.75/1), channel Concats and row Softmaxes
 become kernels of their own; a Flatten/Reshape of a contiguous tensor is a view; every other op
-runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the stride-1 convs that
-read it, so producers write straight into the buffer those convs read; a strided conv's repack
-kernel first copies its input into a private phase-split layout. Activations are planned by
-liveness; other float tensors (FC inputs and outputs) get arena buffers of their own. Runs of
-kernel steps execute as one call into the schedule driver (runtime/schedule.py).
+runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the
+stride-1 convs that read it, so producers write straight into the buffer those convs read; a
+strided conv's repack kernel first copies its input into a private phase-split layout.
+Activations are planned by liveness; other float tensors (FC inputs and outputs) get arena
+buffers of their own. Runs of kernel steps execute as one call into the schedule driver
+(runtime/schedule.py). A loaded program releases what its kernels were generated from.
 """
 
 from __future__ import annotations
@@ -84,7 +85,15 @@ class LayerInfo:
 
     @property
     def ir(self) -> str | None:
-        return None if self.source is None else self.source.text
+        """The kernel's IR; None for layers without a kernel, and in a loaded program, which
+        releases its sources (CompiledModel.ir re-lowers to render them)."""
+        return None if self.source is None or not self.source.available else self.source.text
+
+    def release(self) -> None:
+        """Forget what the kernel was generated from (its weights, pattern and IR text)."""
+        if self.source is not None:
+            self.source.release()
+        self.spec = None
 
 
 @dataclass
@@ -623,4 +632,6 @@ def _compile(b: _Builder, target: Target, load: bool) -> llvm.CodeLibrary | None
     for step, symbol, fn_type in b.bind:
         step.address = library.address(symbol)
         step.fn = fn_type(step.address)
+    for info in b.kernels:  # a loaded program keeps code, not what it was generated from
+        info.release()
     return library

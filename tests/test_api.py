@@ -11,6 +11,7 @@ from onnx import helper as oh
 
 import sparsejit
 from sparsejit import config
+from sparsejit.graph import weights
 from tests.onnx_helpers import make_model, run_ort
 from tests.tolerances import assert_close
 
@@ -97,7 +98,7 @@ def test_layers_are_named_by_node_name_else_first_output():
     names = [info.name for info in cm.layers]
     assert "feat" in names and "add" in names
     assert "define void" in cm.ir("feat")
-    assert cm.ir("feat") == next(info.ir for info in cm.layers if info.name == "feat")
+    assert cm.ir("feat") == next(info.ir for info in cm.lowered().layers if info.name == "feat")
 
 
 def test_report_lists_every_layer(cm, tiny_model):
@@ -117,10 +118,10 @@ def test_report_lists_every_layer(cm, tiny_model):
         # "concat5:in0" (a Concat input's copy)
         assert info.name.split(":")[0] in onnx_names or info.name.startswith("input:")
         assert re.search(rf"\b{info.op}\b", row) and info.kernel in row, row
-        if info.ir and info.density is not None:
+        if info.source is not None and info.density is not None:
             assert f"{info.density:.3f}" in row and f" {info.nonzeros} " in row, row
             assert f"{info.code_bytes / 1024:.1f}" in row, row
-        elif not info.ir:
+        elif info.source is None:
             assert info.kernel in ("reference (numpy)", "view (no copy)"), row
     assert "Conv+Relu" in report  # fused activations are shown
     assert "BatchNormalization" not in report  # folded into conv1
@@ -157,3 +158,18 @@ def test_plans_override_a_layer(tiny_model, x):
     info = next(i for i in cm.layers if i.name == "conv3")
     assert info.kernel.startswith("direct table") and "_r4x" in info.kernel, info.kernel
     assert_close(cm(x), run_ort(tiny_model, {"data": x})[0], what="conv3 as a table kernel")
+
+
+def test_a_loaded_model_keeps_code_not_what_it_was_generated_from(tiny_model, monkeypatch):
+    """The running program drops kernel sources and conv specs (they hold the weights), and
+    the model's graph holds pruned weights compacted; ir() and rebinding still work."""
+    monkeypatch.setattr(weights, "MIN_ELEMENTS", 1)  # tiny's weights are all small
+    cm = sparsejit.compile(tiny_model, threads=1)
+    kernels = [info for info in cm.layers if info.source is not None]
+    assert kernels and all(info.ir is None and info.spec is None for info in kernels)
+    conv3_weight = next(n for n in cm.graph.nodes if n.name == "conv3").inputs[1]
+    assert cm.graph.values[conv3_weight].const is None  # compacted (90 % zeros)
+    assert "define void" in cm.ir("conv3")
+    x = np.random.default_rng(0).standard_normal(cm.input_shape("data")).astype(np.float32)
+    reference = sparsejit.compile(tiny_model, threads=1)  # compacts nothing at the default size
+    assert_close(cm(x), reference(x), what="compacted weights")

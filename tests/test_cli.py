@@ -14,7 +14,8 @@ from tests.onnx_helpers import run_ort
 from tests.tolerances import assert_close
 
 KERNEL_LAYERS = ["conv1", "conv2:pack", "conv2", "norm2", "conv3", "conv4", "pool4", "conv5a", "conv5b",
-                 "pool5c", "conv5c", "concat5:in0", "concat5:in1", "concat5:in2", "pool5", "fc6", "fc7", "prob"]
+                 "pool5c", "conv5c", "concat5:in0", "concat5:in1", "concat5:in2", "pool5", "fc6", "fc7",
+                 "prob"]
 
 
 def sparsejit_cli(*args: str | Path, cwd: Path | None = None,

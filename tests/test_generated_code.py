@@ -29,7 +29,7 @@ def external_declarations(ir: str) -> list[str]:
 
 
 def test_kernels_declare_only_intrinsics(tiny):
-    kernels = [info for info in tiny.layers if info.source is not None]
+    kernels = [info for info in tiny.lowered().layers if info.source is not None]
     assert len({info.kernel.split()[0] for info in kernels}) >= 4  # conv, pool, lrn, fc kinds
     for info in kernels:
         assert external_declarations(info.ir) == [], info.name

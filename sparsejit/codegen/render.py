@@ -56,10 +56,22 @@ class KernelSource:
         self._text: str | None = None
 
     @property
+    def available(self) -> bool:
+        """False once released: the text can no longer be rendered from here."""
+        return self._render is not None
+
+    @property
     def text(self) -> str:
         if self._text is None:
+            if self._render is None:
+                raise RuntimeError("kernel source released after compilation (re-lower to render it)")
             self._text = self._render()
         return self._text
+
+    def release(self) -> None:
+        """Drop the render closure and the text: they hold the layer's weights and pattern."""
+        self._render = None
+        self._text = None
 
 
 def render(template: str, **params: object) -> str:

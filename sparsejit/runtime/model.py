@@ -36,6 +36,7 @@ class CompiledModel:
         self._free: dict[int, list[Arena]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads) if threads > 1 and self._runnable else None
+        self._inspection = None  # the last lowered() program
 
     # -- inputs ---------------------------------------------------------------------------------
     @property
@@ -192,18 +193,36 @@ class CompiledModel:
         known = ", ".join(i.name for i in self.layers if i.source is not None)
         raise KeyError(f"no layer '{name}' in model '{self.name}'; layers with kernels: {known}")
 
+    def lowered(self, batch: int | None = None):
+        """The program for `batch` lowered again with its kernel sources and conv specs kept
+        and no code loaded (objects come from the cache): what ir(), asm(), the CLI's --emit-ir
+        and the autotuner read. The running program drops them once its code is loaded: they
+        hold every layer's weights and pattern. The last one is kept until close()."""
+        prog = self.program(batch)
+        with self._lock:
+            cached = self._inspection
+        if cached is not None and cached.batch == prog.batch:
+            return cached
+        inspection = self._bind_fn(prog.batch, False)
+        with self._lock:
+            self._inspection = inspection
+        return inspection
+
+    def _source_layer(self, name: str, what: str):
+        info = self._layer(name)
+        if info.source is None:
+            raise KeyError(f"layer '{name}' ({info.op}) has no kernel ({info.kernel}): no {what}")
+        if info.ir is not None:  # a program that was never loaded keeps its sources
+            return info
+        return next(i for i in self.lowered().layers if i.name == name)
+
     def ir(self, layer: str) -> str:
         """The LLVM IR module generated for `layer` (its ONNX node name)."""
-        info = self._layer(layer)
-        if info.source is None:
-            raise KeyError(f"layer '{layer}' ({info.op}) has no kernel ({info.kernel}): no IR")
-        return info.ir
+        return self._source_layer(layer, "IR").ir
 
     def asm(self, layer: str) -> str:
         """The assembly of `layer`'s kernel for the compiled target."""
-        info = self._layer(layer)
-        if info.source is None:
-            raise KeyError(f"layer '{layer}' ({info.op}) has no kernel ({info.kernel}): no assembly")
+        info = self._source_layer(layer, "assembly")
         return llvm.assembly(info.ir, self.target, info.opt)
 
     def report(self) -> str:
@@ -229,7 +248,9 @@ class CompiledModel:
         return "\n".join(lines)
 
     def close(self) -> None:
-        """Stop the worker threads; later calls run on the calling thread only."""
+        """Stop the worker threads (later calls run on the calling thread only) and drop the
+        inspection program."""
+        self._inspection = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.shutdown(wait=False)

@@ -73,7 +73,7 @@ def conv_specs(model: Any, target: Target) -> list[tuple[str, ConvSpec]]:
 
     cm = compile(model, target, threads=1)
     try:
-        return [(info.workload_key, info.spec) for info in cm.program().layers
+        return [(info.workload_key, info.spec) for info in cm.lowered().layers
                 if info.spec is not None]
     finally:
         cm.close()
