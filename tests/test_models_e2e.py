@@ -169,6 +169,7 @@ def test_pruned_fc_layers_pick_their_kernel_by_batch(batch, kernel):
 def test_one_or_two_threads_give_the_same_answer(name, monkeypatch):
     # split every kernel, however small (by default small ones run on the calling thread)
     monkeypatch.setattr(steps, "MIN_PARALLEL_FLOPS", 1)
+    monkeypatch.setattr(steps, "NATIVE_MIN_PARALLEL_FLOPS", 1)
     model = built(name)
     x = image(model, 3, SEED)
     one = compiled(name, threads=1).run({"data": x})
@@ -182,6 +183,7 @@ def test_one_or_two_threads_give_the_same_answer(name, monkeypatch):
 
 def test_a_closed_model_runs_on_the_calling_thread(monkeypatch):
     monkeypatch.setattr(steps, "MIN_PARALLEL_FLOPS", 1)
+    monkeypatch.setattr(steps, "NATIVE_MIN_PARALLEL_FLOPS", 1)
     model = built("tiny")
     x = image(model, 2, SEED)
     cm = sparsejit.compile(model, threads=2)
