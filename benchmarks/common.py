@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -196,3 +197,64 @@ def csr_conv(x, csr, kernel, strides, pads, dilations):
             cols = im2col(xp[b, g * cg : (g + 1) * cg], kernel, strides, dilations, p, q)
             out[b, g * mg : (g + 1) * mg] = (csr[g] @ cols).reshape(mg, p, q)
     return out
+
+
+@dataclass
+class ConvLayer:
+    """One conv of a built-in model as a one-node ONNX model, with what the peers need."""
+
+    node: object  # the graph node (BatchNorm folded in)
+    model: object  # onnx.ModelProto: x -> Conv(w, b) -> y
+    x_shape: tuple
+    weight: object  # np.ndarray
+    bias: object
+    attrs: dict  # strides, dilations, group
+    pads: list
+
+
+def conv_layers(model: str, sparsity: str, batch: int, wanted: set[str] | None = None):
+    """The conv layers of a built-in model (those in `wanted`, default all), in graph order."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sparsejit import models
+    from sparsejit.compiler import prepare_graph
+    from sparsejit.graph import fold, passes
+
+    g = prepare_graph(models.build(model, batch=batch, sparsity=sparsity))
+    fold.simplify(g, batch)
+    passes.remove_identities(g)
+    passes.fold_batchnorm(g)
+    for node in g.topo_order():
+        if node.op != "Conv" or (wanted and node.name not in wanted):
+            continue
+        x_shape = g.value(node.inputs[0]).static_shape()
+        w = g.const(node.inputs[1]).astype(np.float32)
+        has_bias = len(node.inputs) > 2 and node.inputs[2]
+        b = g.const(node.inputs[2]) if has_bias else np.zeros(w.shape[0], np.float32)
+        attrs = {k: node.attrs[k] for k in ("strides", "dilations", "group")}
+        pads = list(node.attrs["pads"])
+        conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], name=node.name, pads=pads,
+                                kernel_shape=list(w.shape[2:]), **attrs)
+        graph = helper.make_graph(
+            [conv], node.name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b.astype(np.float32), "b")])
+        onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9)
+        yield ConvLayer(node, onnx_model, x_shape, w, b, attrs, pads)
+
+
+def kernel_seconds(cm, x, repeats: int) -> float:
+    """Median time of a one-layer model's kernels (the conv's, and for a strided conv the one
+    copying its input into the layout it reads), without the input write."""
+    prog = cm.program(x.shape[0])
+    write, *kernels = prog.steps
+    arena = prog.new_arena()
+    env = {"x": x}
+    write.run(env, arena, cm._pool, cm.threads)
+
+    def run_kernels() -> None:
+        for step in kernels:
+            step.run(env, arena, cm._pool, cm.threads)
+
+    return median_seconds(run_kernels, repeats)

@@ -44,31 +44,25 @@ def main() -> None:
 
 
 def run(args) -> None:
+    import hashlib
     import json
 
     import numpy as np
     from common import (
+        conv_layers,
         csr_conv,
         csr_weights,
         deepsparse_time,
         im2col_conv,
+        kernel_seconds,
         machine,
         median_seconds,
         save,
         table,
     )
-    from onnx import TensorProto, helper, numpy_helper
 
     import sparsejit
-    from sparsejit import models
-    from sparsejit.compiler import prepare_graph
-    from sparsejit.graph import fold, passes
 
-    proto = models.build(args.model, batch=args.batch, sparsity=args.sparsity)
-    g = prepare_graph(proto)
-    fold.simplify(g, args.batch)
-    passes.remove_identities(g)
-    passes.fold_batchnorm(g)
     wanted = set(filter(None, args.layers.split(",")))
     override = json.loads(args.plan) if args.plan else None
 
@@ -108,54 +102,16 @@ def run(args) -> None:
     ]
     results = []
     rng = np.random.default_rng(0)
-    for node in g.topo_order():
-        if node.op != "Conv" or (wanted and node.name not in wanted):
-            continue
-        x_shape = g.value(node.inputs[0]).static_shape()
-        w = g.const(node.inputs[1]).astype(np.float32)
-        b = (
-            g.const(node.inputs[2])
-            if len(node.inputs) > 2 and node.inputs[2]
-            else np.zeros(w.shape[0], np.float32)
-        )
-        attrs = {k: node.attrs[k] for k in ("strides", "dilations", "group")}
-        pads = list(node.attrs["pads"])
-        onnx_pads = [pads[0], pads[1], pads[2], pads[3]]
-        conv = helper.make_node(
-            "Conv",
-            ["x", "w", "b"],
-            ["y"],
-            name=node.name,
-            pads=onnx_pads,
-            kernel_shape=list(w.shape[2:]),
-            **attrs,
-        )
-        graph = helper.make_graph(
-            [conv],
-            node.name,
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b.astype(np.float32), "b")],
-        )
-        layer_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=9)
+    for layer in conv_layers(args.model, args.sparsity, args.batch, wanted):
+        node, layer_model, x_shape, w, b = layer.node, layer.model, layer.x_shape, layer.weight, layer.bias
+        attrs, pads = layer.attrs, layer.pads
         x = rng.standard_normal(x_shape).astype(np.float32)
 
         cm = sparsejit.compile(
             layer_model, threads=args.threads, plans={node.name: override} if override else None
         )
         info = next(i for i in cm.layers if i.name == node.name)
-        # the conv's kernel and, for a strided conv, the kernel copying its input into the
-        # layout it reads (a phase-split repack, or a 1x1 conv's subsample): not the input write
-        write, *kernels = cm.program(args.batch).steps
-        arena = cm.program(args.batch).new_arena()
-        env = {"x": x}
-        write.run(env, arena, cm._pool, cm.threads)
-
-        def run_kernels():
-            for step in kernels:
-                step.run(env, arena, cm._pool, cm.threads)
-
-        t_sj = median_seconds(run_kernels, args.repeats)
+        t_sj = kernel_seconds(cm, x, args.repeats)
         y = cm(x)
         ref = (
             im2col_conv(x, w, node.attrs["strides"], pads, node.attrs["dilations"], node.attrs["group"])
@@ -262,8 +218,10 @@ def run(args) -> None:
     if speedups:
         geomean = float(np.exp(np.mean(np.log(speedups))))
         print(f"geometric mean speedup over the best dense peer: {geomean:.2f}x")
+    # a run of chosen layers gets a file of its own: it must not replace a full run's results
+    chosen = f"-{hashlib.sha1(args.layers.encode()).hexdigest()[:6]}" if args.layers else ""
     path = save(
-        f"layers-{args.model}-{args.sparsity}-b{args.batch}-t{args.threads}",
+        f"layers-{args.model}-{args.sparsity}-b{args.batch}-t{args.threads}{chosen}",
         {"machine": machine(), "args": vars(args), "layers": results},
     )
     print(f"wrote {path}")
