@@ -23,6 +23,17 @@ from .schedule import NativeRun, build_table, run_native
 from .steps import Arena
 
 
+def _spread(times: dict[str, list[float]], run: NativeRun, table, seconds: float) -> None:
+    """A driver call's wall time shared among its rows by their ticks (steps without a call,
+    views, take none)."""
+    ticks = table.ticks()
+    total = int(ticks.sum())
+    share = {layer: seconds * int(tick) / total if total else 0.0
+             for layer, tick in zip(table.layers, ticks)}
+    for step in run.steps:
+        times.setdefault(step.layer, []).append(share.get(step.layer, 0.0))
+
+
 class CompiledModel:
     def __init__(self, graph: Graph, target: Target, threads: int,
                  bind: Callable[[int, bool], Any], name: str = "model") -> None:
@@ -133,14 +144,16 @@ class CompiledModel:
         return self._run(feeds, None)
 
     def profile(self, feeds: dict[str, Any], repeats: int = 5) -> dict[str, float]:
-        """Median seconds per step (layer name -> s) over `repeats` runs."""
+        """Median seconds per step (layer name -> s) over `repeats` runs, as the model runs
+        (driver calls included): a kernel's time is thread 0's cycle-counter ticks over its row
+        (its share and the barrier after it) scaled by its driver call's wall time."""
         samples: dict[str, list[float]] = {}
         for _ in range(repeats):
             self._run(feeds, samples)
         return {k: float(np.median(v)) for k, v in samples.items()}
 
     def _run(self, feeds: dict[str, Any], times: dict[str, list[float]] | None):
-        """Run the program; with `times`, step by step from Python, timing each layer."""
+        """Run the program; with `times`, collect each layer's seconds."""
         if not self._runnable:
             targets.require_runnable(self.target)
         feeds, batch = self._check_inputs(feeds)
@@ -148,8 +161,7 @@ class CompiledModel:
         arena = self._acquire(prog)
         try:
             env: dict[str, np.ndarray] = dict(feeds)
-            schedule = prog.steps if times is not None else prog.schedule
-            for index, item in enumerate(schedule):
+            for index, item in enumerate(prog.schedule):
                 start = time.perf_counter() if times is not None else 0.0
                 try:
                     if isinstance(item, NativeRun):
@@ -157,7 +169,10 @@ class CompiledModel:
                         table = arena.tables.get((index, threads))
                         if table is None:
                             table = arena.tables[index, threads] = build_table(item, arena, threads)
+                        table.reset_ticks()
                         run_native(prog.driver, table, self._pool)
+                        if times is not None:
+                            _spread(times, item, table, time.perf_counter() - start)
                         for tensor in item.writes():
                             env[tensor] = arena.views[tensor]
                     else:
@@ -166,7 +181,7 @@ class CompiledModel:
                     raise
                 except Exception as exc:  # name the layer that failed
                     raise SparseJitError(f"layer '{item.layer}' failed: {exc}") from exc
-                if times is not None:
+                if times is not None and not isinstance(item, NativeRun):
                     times.setdefault(item.layer, []).append(time.perf_counter() - start)
             return {name: np.array(env[name] if name in env else self.graph.const(name), copy=True)
                     for name in self.graph.outputs}

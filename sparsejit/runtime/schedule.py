@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..codegen.schedule import ROW_INTS
 from .buffers import aligned_zeros
 from .steps import Arena, Step
 
@@ -76,22 +77,32 @@ def group(steps: list[Step]) -> list[Step | NativeRun]:
 class RunTable:
     """A NativeRun's kernel calls with this arena's addresses, and its barrier."""
 
-    rows: np.ndarray  # int64 [n, 8]
+    rows: np.ndarray  # int64 [n, ROW_INTS]
     threads: int  # the most threads any row uses
     barrier: np.ndarray  # two counters on separate 64-byte lines
+    layers: list[str]  # the step of each row (steps without a call have no row)
+
+    def ticks(self) -> np.ndarray:
+        """Thread 0's cycle-counter ticks per row, summed over the calls since `reset_ticks`."""
+        return self.rows[:, 8].copy()
+
+    def reset_ticks(self) -> None:
+        self.rows[:, 8] = 0
 
 
 def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
-    native = [row for row in (step.native_row(arena, threads) for step in run.steps) if row]
+    calls = [(step.layer, row) for step in run.steps
+             if (row := step.native_row(arena, threads)) is not None]
+    native = [row for _, row in calls]
     most = max((row.threads for row in native), default=1)
-    rows = np.zeros((max(1, len(native)), 8), np.int64)[:len(native)]
+    rows = np.zeros((max(1, len(native)), ROW_INTS), np.int64)[:len(native)]
     for i, row in enumerate(native):
         # a barrier after a row when this row or the next ran on several threads: the next
         # row's threads may read what another thread of this one wrote (and vice versa)
         following = native[i + 1].threads if i + 1 < len(native) else 1
         rows[i] = row.as_ints(barrier_after=most > 1 and max(row.threads, following) > 1
                               and i + 1 < len(native))
-    return RunTable(rows, most, new_barrier())
+    return RunTable(rows, most, new_barrier(), [layer for layer, _ in calls])
 
 
 def run_native(driver: DriverFn, table: RunTable, pool: ThreadPoolExecutor | None) -> None:

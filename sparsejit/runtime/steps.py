@@ -80,8 +80,9 @@ class NativeRow:
     threads: int  # how many threads take a share
 
     def as_ints(self, barrier_after: bool) -> list[int]:
+        """The driver's table row (codegen/schedule.py ROW_INTS long; ticks start at 0)."""
         return [self.fn, self.a, self.b, self.c, self.images, self.units,
-                int(self.by_image) | (2 if barrier_after else 0), self.threads]
+                int(self.by_image) | (2 if barrier_after else 0), self.threads, 0, 0]
 
 
 class Step:

@@ -42,7 +42,7 @@ def test_runs_of_native_steps_are_grouped():
 
 def test_rows_flag_the_barriers_and_image_splits():
     row = NativeRow(1, 2, 3, 4, images=5, units=6, by_image=True, threads=2)
-    assert row.as_ints(barrier_after=True) == [1, 2, 3, 4, 5, 6, 3, 2]
+    assert row.as_ints(barrier_after=True) == [1, 2, 3, 4, 5, 6, 3, 2, 0, 0]  # ticks, padding
     assert row.as_ints(barrier_after=False)[6] == 1
 
 
@@ -91,6 +91,7 @@ def test_a_chain_of_layers_across_threads_meets_at_barriers(library, threads):
         want = run_node(node, [want])[0]
     assert_close(np.array(LAYOUT.read(bufs[layers % 2], 1)), want, what=f"{threads} threads")
     assert barrier[0] == 0  # every barrier released
+    assert (rows[:, 8] > 0).all()  # thread 0 timed every row
 
 
 def test_a_model_runs_its_layers_in_few_driver_calls():
