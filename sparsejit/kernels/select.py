@@ -19,6 +19,9 @@ from .gemm import GemmPlan
 # Above this weight density a layer is "dense": channels are blocked together, since every
 # channel has every position (union patterns then cost nothing).
 DENSE_THRESHOLD = 0.6
+# A dense conv with at most this many input channels per group is an image's first conv.
+FEW_INPUT_CHANNELS = 4
+
 # The unrolled form's code must stay small enough to live in L1i/L2 (DESIGN.md: multi-MB
 # unrolled kernels are bound by instruction fetch). Estimated bytes of code per FMA:
 UNROLLED_BYTES_PER_FMA = 8
@@ -80,7 +83,14 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     vectors = -(-workload.out_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
-    if dense:
+    cg = workload.in_channels // workload.group
+    if dense and cg <= FEW_INPUT_CHANNELS and mg % 8 == 0:
+        # an image's first conv (3 input channels, 147-363 taps per output channel): 8 channels
+        # share each input load, 2 vectors each (16 accumulators; 8 x 3 spilled and ran 4x
+        # slower). CaffeNet conv1 1.53 ms (0.93x the best dense engine) against 1.50-2.49 ms
+        # for 4 x 4 (bimodal from run to run); ResNet-50 conv1 1.72 ms against 2.49 for 4 x 6.
+        mb, rb, cb = 8, 1, min(2, vectors)
+    elif dense:
         mb = next(m for m in (4, 3, 2, 1) if mg % m == 0)
         rb, cb = _tile(workload.out_height, vectors, max(1, budget // mb))
     else:
@@ -94,7 +104,6 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     # A pass reloads and stores the tile's partial sums: worth it only when a pass has enough
     # nonzeros per output channel to amortise that (>= 16 expected entries per segment; a
     # pruned FC layer at 10 % has ~3 per 32 channels, and chunking made it 2x slower).
-    cg = workload.in_channels // workload.group
     taps = workload.kernel[0] * workload.kernel[1]
     if dense:
         chunk = 64 if cg > 96 else 0

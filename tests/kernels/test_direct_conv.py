@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -181,3 +182,22 @@ def test_plan_sweep_is_complete():
     assert {1, 3, 5, 7, 11} <= kernels and {1, 2, 4} <= strides
     assert any(c.group == c.in_channels == c.out_channels for c in SHAPES)  # depthwise
     assert set(itertools.chain([0.0, 1.0, "one"])) <= set(DENSITIES)
+
+
+FIRST_CONVS = [
+    ConvCase(3, 23, 41, 16, (7, 7), strides=(2, 2), pads=(3, 3, 3, 3), batch=2, density=1.0),
+    ConvCase(3, 39, 43, 16, (11, 11), strides=(4, 4), batch=1, density=1.0),
+    ConvCase(1, 9, 37, 8, (3, 3), pads=(1, 1, 1, 1), batch=2, density=1.0),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", FIRST_CONVS, ids=_ids(FIRST_CONVS))
+def test_first_conv_default_blocks_eight_channels(case, target):
+    """A dense conv over few input channels (an image's first conv) blocks 8 output channels
+    with 2 vectors each by default; 12 channels fall back to the general dense blocking."""
+    plan = run_case(case, target, seed=17)
+    vectors = -(-case.workload().out_width // WIDTHS[target])
+    assert (plan.channels_per_block, plan.rows_per_tile, plan.vectors_per_row) == (8, 1, min(2, vectors))
+    odd = run_case(replace(case, out_channels=12), target, seed=18)
+    assert odd.channels_per_block != 8
