@@ -4,7 +4,7 @@ Per node: a Conv with constant weights becomes a direct-conv kernel (sparse or d
 table or unrolled form: see kernels/select.py; an explicit plan, else the tuning log's fastest
 plan for its workload, else the default); a Gemm/MatMul with constant weights becomes the
 dense FC kernel or, when pruned, the gather kernel (below batch 4) or the direct kernel with the
-batch in the vector lanes; pools, LRN (beta 0.5/0.75/1), channel Concats and row Softmaxes
+batch in the vector lanes (between strided copies into and out of its layouts); pools, LRN (beta 0.5/0.75/1), channel Concats and row Softmaxes
 become kernels of their own; a Flatten/Reshape of a contiguous tensor is a view; every other op
 runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the
 stride-1 convs that read it, so producers write straight into the buffer those convs read; a
@@ -40,6 +40,8 @@ from .codegen.softmax import kernel_symbol as softmax_symbol
 from .codegen.softmax import render_softmax
 from .codegen.sparse_fc import kernel_symbol as fc_symbol
 from .codegen.sparse_fc import render_sparse_fc
+from .codegen.strided_copy import StridedView, render_strided_copy
+from .codegen.strided_copy import kernel_symbol as copy_symbol
 from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
@@ -395,17 +397,24 @@ class _Builder:
         self._add_kernel(step, info, st.ConvFn)
 
     def batch_lanes_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
+        """A pruned FC layer at batch >= 4: X[N][C] copied into a (C, 1, N) layout, the direct
+        kernel with the images in the vector lanes, its (M, 1, N) output copied to Y[N][M]."""
         m, c = weight.shape
-        n, v = self.images(node.inputs[0]), self.target.vector_width
+        x, y = node.inputs[0], node.outputs[0]
+        n, v = self.images(x), self.target.vector_width
         wl = ConvWorkload(c, 1, n, m, (1, 1))
         in_layout = Layout.padded(c, 1, n, align=v)
         out_layout = Layout.padded(m, 1, n, align=v)
         plan = select.choose_conv(wl, weight[:, :, None, None], self.target,
                                   self.overrides.get(node.name), node.name)
         pattern = build_pattern(weight[:, :, None, None], wl, in_layout, plan)
+        lanes_in, lanes_out = f"{node.name}:lanes_in", f"{node.name}:lanes_out"
+        self.scratch[lanes_in] = max(in_layout.image_stride, input_extent(wl, in_layout, plan, pattern))
+        self.scratch[lanes_out] = out_layout.image_stride
+        self.strided_copy(lanes_in, x, lanes_in, StridedView(0, 1, c),
+                          StridedView(in_layout.pad_left, in_layout.channel_stride, 1), c, n)
         info = LayerInfo(node.name, node.op, f"sparse-fc lanes {plan.variant()}",
-                         self.shape(node.inputs[0]), self.shape(node.outputs[0]),
-                         select.density(weight), pattern.nonzeros,
+                         self.shape(x), self.shape(y), select.density(weight), pattern.nonzeros,
                          symbol=conv_symbol(node.name, plan), opt=plan.codegen_opt,
                          dense_flops=2 * m * c * n, fused=list(node.fused))
         epilogue, tname = _epilogue(node), self.target.name
@@ -414,11 +423,23 @@ class _Builder:
                                        out_layout, tname),
             "sparse_fc_lanes", node.name, wl, plan, *pattern.arrays(), bias, epilogue, in_layout,
             out_layout, tname)
-        self.scratch[node.name + ":in"] = max(in_layout.image_stride,
-                                              input_extent(wl, in_layout, plan, pattern))
-        self.scratch[node.name + ":out"] = out_layout.image_stride
-        step = st.BatchLanesFC(node.name, node.inputs[0], node.outputs[0], None, pattern.blocks,
-                               in_layout, out_layout, 2 * pattern.nonzeros * n)
+        step = st.ActivationKernel(node.name, lanes_in, lanes_out, None, pattern.blocks, 1,
+                                   2 * pattern.nonzeros * n, into_scratch=True)
+        self._add_kernel(step, info, st.ConvFn)
+        self.strided_copy(lanes_out, lanes_out, y,
+                          StridedView(out_layout.pad_left, out_layout.channel_stride, 1),
+                          StridedView(0, 1, m), m, n)
+
+    def strided_copy(self, name: str, src: str, out: str, src_view: StridedView,
+                     dst_view: StridedView, rows: int, cols: int) -> None:
+        """A kernel copying `rows` x `cols` floats between two strided views of buffers."""
+        tname = self.target.name
+        info = LayerInfo(name, "Copy", "strided copy", symbol=copy_symbol(name),
+                         in_shape=(rows, cols), out_shape=(rows, cols))
+        info.source = KernelSource(lambda: render_strided_copy(name, src_view, dst_view, cols, tname),
+                                   "strided_copy", name, src_view, dst_view, cols, tname)
+        step = st.ActivationKernel(name, src, out, None, rows, 1, rows * cols,
+                                   into_scratch=out not in self.graph.values)
         self._add_kernel(step, info, st.ConvFn)
 
     def dense_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:

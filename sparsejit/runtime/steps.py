@@ -60,9 +60,13 @@ class Arena:
         return arena
 
     def buffer(self, name: str) -> np.ndarray:
-        """The buffer of a planned tensor, or a step's scratch buffer by its name."""
+        """The buffer of a planned tensor, a step's scratch buffer by its name, or a flat
+        tensor's (contiguous) array."""
         scratch = self.scratch.get(name)
-        return scratch if scratch is not None else self.slots[self.slot_of[name]]
+        if scratch is not None:
+            return scratch
+        slot = self.slot_of.get(name)
+        return self.slots[slot] if slot is not None else self.views[name]
 
 
 @dataclass(frozen=True)
@@ -254,36 +258,6 @@ class FlatKernel(Step):
         n = self.images
         parallel(pool, threads, lambda u0, u1: self.fn(x, y, w or None, 0, n, u0, u1), self.units,
                  self.flops)
-        env[self.output] = arena.views[self.output]
-
-
-@dataclass
-class BatchLanesFC(Step):
-    """A pruned FC layer at batch >= 4 on the direct-conv kernel, the batch in the vector lanes:
-    X is transposed into a (C, 1, N) layout and Y back from (M, 1, N), in numpy (so the step runs
-    from Python). Gathers cost per image; here one table pass serves every image."""
-
-    layer: str
-    input: str
-    output: str
-    fn: Callable
-    blocks: int
-    in_layout: Layout  # (C, 1, N)
-    out_layout: Layout  # (M, 1, N)
-    flops: int = MIN_PARALLEL_FLOPS * 8
-    address: int = 0
-
-    def writes(self):
-        return [self.output]
-
-    def run(self, env, arena, pool, threads):
-        x = arena.views[self.input]
-        src, dst = arena.scratch[self.layer + ":in"], arena.scratch[self.layer + ":out"]
-        self.in_layout.write(src, x.T[None, :, None, :])
-        in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
-        parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, None, 0, 1, b0, b1),
-                 self.blocks, self.flops)
-        arena.views[self.output][...] = self.out_layout.read(dst, 1)[0, :, 0, :].T
         env[self.output] = arena.views[self.output]
 
 

@@ -264,7 +264,8 @@ def test_fc_reads_odd_arrays_directly(density, kind):
     x = rng.standard_normal((5, 37)).astype(np.float32)
     model = node_model("Gemm", {"x": x}, {"w": w}, transB=1)
     cm = sparsejit.compile(model)
-    assert cm.layers[0].kernel.startswith("dense-fc" if density == 1.0 else "sparse-fc")
+    fc = next(info for info in cm.layers if info.name == "gemm_node")
+    assert fc.kernel.startswith("dense-fc" if density == 1.0 else "sparse-fc")
     given = {"unaligned-4": lambda: unaligned_copy(x, 4), "unaligned-1": lambda: unaligned_copy(x, 1),
              "strided": lambda: np.repeat(x, 2, axis=1)[:, ::2],
              "transposed": lambda: np.ascontiguousarray(x.T).T}[kind]()
