@@ -1,9 +1,11 @@
 """The steps a compiled model runs, in schedule order, and the arena of buffers they share.
 
 A step reads and writes tensors through an `Arena`: planned 4-D activations live in aligned
-slot buffers (their interiors are NCHW views), other tensors are plain arrays in the call's
-environment. Kernel steps call generated code through ctypes (which releases the GIL, so a
-thread pool splits a layer's channel blocks across cores); reference steps run numpy.
+slot buffers (their interiors are NCHW views), other float tensors in contiguous arena arrays,
+views (Flatten) in their base's buffer, anything else in the call's environment. A kernel step
+describes its call as a `NativeRow` for the schedule driver (runtime/schedule.py); `run` makes
+the same call from Python through ctypes (the autotuner's and tests' way). Reference steps run
+numpy.
 """
 
 from __future__ import annotations
