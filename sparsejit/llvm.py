@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import threading
 from functools import cache
+from typing import TYPE_CHECKING
 
 import llvmlite
 import llvmlite.binding as llvm
 
 from . import objcache
-from .targets import Target
+
+if TYPE_CHECKING:  # targets asks this module for the host's cpu: no import back at runtime
+    from .targets import Target
 
 _lock = threading.RLock()
 _initialised = False

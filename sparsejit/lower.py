@@ -4,11 +4,12 @@ Per node: a Conv with constant weights becomes a direct-conv kernel (sparse or d
 table or unrolled form: see kernels/select.py; an explicit plan, else the tuning log's fastest
 plan for its workload, else the default); a Gemm/MatMul with constant weights becomes the
 dense FC kernel or, when pruned, the gather kernel (below batch 4) or the direct kernel with the
-batch in the vector lanes (between strided copies into and out of its layouts); pools, LRN (beta 0.5/0.75/1), channel Concats and row Softmaxes
-become kernels of their own; a Flatten/Reshape of a contiguous tensor is a view; every other op
-runs its numpy reference. Every 4-D activation gets a padded layout wide enough for all the
-stride-1 convs that read it, so producers write straight into the buffer those convs read; a
-strided conv's repack kernel first copies its input into a private phase-split layout.
+batch in the vector lanes (between strided copies into and out of its layouts); pools, LRN
+(beta 0.5/0.75/1), channel Concats and row Softmaxes become kernels of their own; a
+Flatten/Reshape of a contiguous tensor is a view; every other op runs its numpy reference.
+Every 4-D activation gets a padded layout wide enough for all the stride-1 convs that read it,
+so producers write straight into the buffer those convs read; a strided conv's repack kernel
+first copies its input into a private phase-split layout.
 Activations are planned by liveness; other float tensors (FC inputs and outputs) get arena
 buffers of their own. Runs of kernel steps execute as one call into the schedule driver
 (runtime/schedule.py). A loaded program releases what its kernels were generated from.
