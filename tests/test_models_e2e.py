@@ -151,6 +151,16 @@ def test_static_batch_matches_onnxruntime(name):
     assert_sparse_kernels_ran(cm, name, "seed")
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("name", NAMES)
+def test_the_whole_network_is_one_driver_call(name, batch):
+    """After the input copy, every layer of the built-in models runs in the schedule driver:
+    no Python between layers (issue 3), at batch 1 and at a batch where FC layers change kernel."""
+    cm = compiled(name, threads=1, batch=batch)
+    kinds = [type(item).__name__ for item in cm.program(batch).schedule]
+    assert kinds == ["WriteInput", "NativeRun"], kinds
+
+
 @pytest.mark.parametrize("batch, kernel", [(1, "sparse-fc rows"),
                                            (FC_LANES_MIN_BATCH + 1, "sparse-fc lanes")])
 def test_pruned_fc_layers_pick_their_kernel_by_batch(batch, kernel):
