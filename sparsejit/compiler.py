@@ -33,7 +33,8 @@ def _kernel_layer(graph: Graph, node: Node) -> bool:
 
 
 def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None = None,
-         load: bool = True, weights: dict[str, CompactConst] | None = None) -> Program:
+         load: bool = True, weights: dict[str, CompactConst] | None = None,
+         threads: int | None = None) -> Program:
     """Bind the batch size, run the graph passes and lower the result (on a copy of the graph,
     with its compacted weights restored)."""
     g = copy.deepcopy(graph)
@@ -46,7 +47,7 @@ def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None
     fuse_residual_adds(g, conv_lowerable)
     fuse_activations(g, _kernel_layer)
     _materialize_constant_outputs(g)
-    return lower(g, target, batch, plans, load=load)
+    return lower(g, target, batch, plans, load=load, threads=threads)
 
 
 def _materialize_constant_outputs(graph: Graph) -> None:
@@ -94,7 +95,8 @@ def compile(model: Any, target: str | Target = "host", threads: int | None = Non
     n_threads = threads if threads else config.default_threads()
     name = graph.name or "model"
     cm = CompiledModel(graph, tgt, n_threads,
-                       lambda b, load: bind(graph, b, tgt, plans, load=load, weights=weights), name)
+                       lambda b, load: bind(graph, b, tgt, plans, load=load, weights=weights,
+                                            threads=n_threads), name)
     static = cm._static_batch()
     if batch is not None and static is not None and batch != static:
         raise InputError(f"model '{name}' has a static batch of {static}: batch={batch} cannot be "

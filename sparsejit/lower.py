@@ -230,8 +230,10 @@ def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout):
 class _Builder:
     """Accumulates steps, IR modules and buffer needs while walking the schedule."""
 
-    def __init__(self, graph: Graph, target: Target, batch: int, overrides: dict[str, dict]):
+    def __init__(self, graph: Graph, target: Target, batch: int, overrides: dict[str, dict],
+                 threads: int | None = None):
         self.graph, self.target, self.batch, self.overrides = graph, target, batch, overrides
+        self.threads = threads  # the model's: tuning-log plans timed with as many are preferred
         self.steps: list[st.Step] = []
         self.layers: list[LayerInfo] = []
         self.kernels: list[LayerInfo] = []
@@ -338,7 +340,7 @@ class _Builder:
         (hand-edited, or from another sparsejit) is skipped with a warning."""
         name, tgt = spec.name, self.target
         if name not in self.overrides:
-            tuned = tuning_log.best(key, tgt)
+            tuned = tuning_log.best(key, tgt, threads=self.threads)
             if tuned is not None:
                 try:
                     plan = select.choose_conv(spec.workload, spec.weight, tgt, tuned, name)
@@ -495,12 +497,12 @@ class _Builder:
 
 
 def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] | None = None,
-          load: bool = True) -> Program:
+          load: bool = True, threads: int | None = None) -> Program:
     """Build the program for `graph` (shapes bound to `batch`). With load=False the kernels are
     compiled (for ir/asm inspection of foreign targets) but not loaded into memory."""
     order = graph.topo_order()
     layouts = plan_layouts(graph, order, target)
-    b = _Builder(graph, target, batch, overrides or {})
+    b = _Builder(graph, target, batch, overrides or {}, threads)
     b.flat = flat_tensors(graph, order, layouts)
     for t in graph.inputs:
         b.steps.append(st.WriteInput(f"input:{t}", t, t in layouts or t in b.flat))

@@ -32,7 +32,7 @@ _REQUIRED = {"workload_key": str, "target": dict, "plan": dict, "status": str}
 
 _lock = threading.Lock()
 # path -> ((mtime_ns, size), {(workload_key, cpu, features): fastest ok record})
-_index_cache: dict[Path, tuple[tuple[int, int], dict[tuple[str, str, str], dict]]] = {}
+_index_cache: dict[Path, tuple[tuple[int, int], dict[tuple, dict]]] = {}
 
 
 def workload_key(workload: ConvWorkload, weight: np.ndarray) -> str:
@@ -122,18 +122,23 @@ def _parse(line: str) -> tuple[dict | None, str | None]:
     return record, None
 
 
-def _build_index(records: list[dict]) -> dict[tuple[str, str, str], dict]:
-    index: dict[tuple[str, str, str], dict] = {}
+def _build_index(records: list[dict]) -> dict[tuple, dict]:
+    """Fastest 'ok' record per (workload, cpu, features, threads), and per (workload, cpu,
+    features, None) over every thread count: a lookup for a thread count nobody tuned falls
+    back to the fastest plan measured at any."""
+    index: dict[tuple, dict] = {}
     for r in records:
         if r["status"] != "ok":
             continue
-        k = (r["workload_key"], r["target"]["cpu"], r["target"]["features"])
-        if k not in index or r["median_s"] < index[k]["median_s"]:
-            index[k] = r
+        threads = r.get("threads")
+        for t in {threads if isinstance(threads, int) else None, None}:
+            k = (r["workload_key"], r["target"]["cpu"], r["target"]["features"], t)
+            if k not in index or r["median_s"] < index[k]["median_s"]:
+                index[k] = r
     return index
 
 
-def _index(path: Path) -> dict[tuple[str, str, str], dict]:
+def _index(path: Path) -> dict[tuple, dict]:
     try:
         st = os.stat(path)
     except OSError:
@@ -149,16 +154,22 @@ def _index(path: Path) -> dict[tuple[str, str, str], dict]:
     return index
 
 
-def best_record(workload_key: str, target: Target, path: Path | None = None) -> dict | None:
-    """The fastest 'ok' record for this workload on this target (same cpu and features)."""
+def best_record(workload_key: str, target: Target, path: Path | None = None,
+                threads: int | None = None) -> dict | None:
+    """The fastest 'ok' record for this workload on this target (same cpu and features),
+    measured with `threads` threads when the log has one, else at any thread count."""
     path = Path(path) if path is not None else default_path()
     if path is None:
         return None
     t = target_key(target)
-    return _index(path.resolve()).get((workload_key, t["cpu"], t["features"]))
+    index = _index(path.resolve())
+    base = (workload_key, t["cpu"], t["features"])
+    return index.get((*base, threads)) or index.get((*base, None))
 
 
-def best(workload_key: str, target: Target, path: Path | None = None) -> dict | None:
-    """The plan fields of the fastest 'ok' record for this workload and target, or None."""
-    record = best_record(workload_key, target, path)
+def best(workload_key: str, target: Target, path: Path | None = None,
+         threads: int | None = None) -> dict | None:
+    """The plan fields of the fastest 'ok' record for this workload and target (preferring
+    those timed with `threads` threads), or None."""
+    record = best_record(workload_key, target, path, threads)
     return None if record is None else dict(record["plan"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,24 @@ def test_compile_uses_the_log(tuned, tiny_model, x, monkeypatch):
             assert not info.tuned and "tuned" not in info.kernel, info.name
     assert "(tuned)" in cm.report()
     assert_close(cm(x), run_ort(tiny_model, {"data": x})[0], what="tiny net with tuned plans")
+
+
+def test_plans_timed_with_the_models_thread_count_win(tuned, tiny_model, tmp_path, monkeypatch):
+    """A plan measured at the model's thread count beats a faster one measured at another."""
+    results, path = tuned
+    log_path = tmp_path / "threads.jsonl"
+    log_path.write_text(path.read_text())
+    conv3 = results["conv3"]
+    ok = [r.plan for r in conv3.results if r.status == "ok"]
+    at_one = layer(sparsejit.compile(tiny_model, threads=1), "conv3").workload_key
+    chosen = next(p for p in ok if p != conv3.plan) if len(ok) > 1 else conv3.plan
+    log.append([log.make_record(at_one, HOST, asdict(chosen), "ok", 1.0, [1.0], None, threads=3)],
+               log_path)  # slow, but the only plan timed on 3 threads
+    monkeypatch.setenv("SPARSEJIT_TUNING_LOG", str(log_path))
+    on_three = layer(sparsejit.compile(tiny_model, threads=3), "conv3")
+    assert on_three.kernel == f"direct {chosen.variant()} (tuned)"
+    assert layer(sparsejit.compile(tiny_model, threads=1), "conv3").kernel == \
+        f"direct {DirectConvPlan(**log.best(at_one, HOST, log_path, threads=1)).variant()} (tuned)"
 
 
 def test_explicit_plans_win_over_the_log(tuned, tiny_model, x, monkeypatch):

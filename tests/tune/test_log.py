@@ -77,6 +77,19 @@ def test_best_is_the_fastest_ok_record_of_this_key_and_target(tmp_path):
     assert log.best("k", HOST, tmp_path / "missing.jsonl") is None
 
 
+def test_best_prefers_plans_timed_with_the_models_thread_count(tmp_path):
+    path = tmp_path / "t.jsonl"
+    one = [log.make_record("k", HOST, plan(rows_per_tile=r), "ok", m, [m], None, threads=1)
+           for r, m in ((1, 2e-3), (2, 3e-3))]
+    two = [log.make_record("k", HOST, plan(rows_per_tile=r), "ok", m, [m], None, threads=2)
+           for r, m in ((3, 1.5e-3), (4, 1e-3))]
+    log.append(one + two, path)
+    assert log.best("k", HOST, path, threads=1)["rows_per_tile"] == 1
+    assert log.best("k", HOST, path, threads=2)["rows_per_tile"] == 4
+    assert log.best("k", HOST, path, threads=8)["rows_per_tile"] == 4  # untuned count: any
+    assert log.best("k", HOST, path)["rows_per_tile"] == 4
+
+
 def test_a_corrupted_line_is_skipped_with_a_warning_naming_it(tmp_path):
     path = tmp_path / "t.jsonl"
     log.append([rec("k", median=2e-3, rows_per_tile=1)], path)
