@@ -258,3 +258,18 @@ def kernel_seconds(cm, x, repeats: int) -> float:
             step.run(env, arena, cm._pool, cm.threads)
 
     return median_seconds(run_kernels, repeats)
+
+
+def conv_layer_arguments(description: str):
+    """The argument parser shared by the per-conv-layer scripts (layers.py, tuned.py)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", nargs="?", default="caffenet")
+    ap.add_argument("--sparsity", default="seed")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--layers", default="", help="comma-separated layer names (default: every conv)")
+    ap.add_argument("--repeats", type=int, default=30)
+    return ap

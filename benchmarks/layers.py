@@ -14,22 +14,15 @@ scipy CSR and DeepSparse are sparse peers: reported in their own columns, not co
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fair_environment  # noqa: E402
+from common import conv_layer_arguments, fair_environment  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", nargs="?", default="caffenet")
-    ap.add_argument("--sparsity", default="seed")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--layers", default="", help="comma-separated layer names (default: every conv)")
-    ap.add_argument("--repeats", type=int, default=30)
+    ap = conv_layer_arguments(__doc__)
     ap.add_argument(
         "--plan", default="", help='JSON plan override for every layer, e.g. \'{"form": "table"}\''
     )
