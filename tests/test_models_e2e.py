@@ -17,8 +17,10 @@ import pytest
 
 import sparsejit
 from sparsejit import models
+from sparsejit.errors import TargetError
 from sparsejit.kernels.select import DENSE_THRESHOLD, FC_LANES_MIN_BATCH
 from sparsejit.runtime import steps
+from tests.kernels.conv_harness import runnable_targets
 from tests.onnx_helpers import run_ort
 from tests.tolerances import assert_close
 
@@ -208,20 +210,30 @@ def test_a_closed_model_runs_on_the_calling_thread(monkeypatch):
 # -- targets ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["tiny", "caffenet"])
 def test_targets_give_the_same_answer(name):
+    """Every target the host can run gives the reference's answer, and all agree with the
+    widest of them; a target the host cannot run still compiles (for inspection) and refuses
+    to run with a TargetError (tests/runtime/test_bad_input.py inspects its assembly)."""
     model = built(name)
     x = image(model, 2, SEED)
     want = expected(model, x)
+    runnable = runnable_targets()
+    assert len(runnable) >= 2, f"this host runs only {runnable}"
     results = {}
-    for target in ("sse", "avx2", "avx512"):
+    for target in runnable:
         cm = compiled(name, target=target)
         assert cm.target.name == target
         results[target] = cm.run({"data": x})
         assert_outputs_close(results[target], want, f"{name} on {target}")
         assert_sparse_kernels_ran(cm, name, "seed")
-    for target in ("sse", "avx2"):
+    widest = runnable[-1]
+    for target in runnable[:-1]:
         for out in want:
-            assert_close(results[target][out], results["avx512"][out],
-                         what=f"{name}: {out} on {target} vs avx512")
+            assert_close(results[target][out], results[widest][out],
+                         what=f"{name}: {out} on {target} vs {widest}")
+    for target in sorted({"sse", "avx2", "avx512"} - set(runnable)):
+        cm = compiled(name, target=target)
+        with pytest.raises(TargetError, match="needs CPU features this host lacks"):
+            cm.run({"data": x})
 
 
 # -- batch binding ----------------------------------------------------------------------------

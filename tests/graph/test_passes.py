@@ -217,6 +217,18 @@ def test_light_model_pipeline_matches_onnxruntime(name):
     simplify(graph, 1)
     ops = {n.op for n in graph.nodes}
     assert not ops & {"ConstantOfShape", "Shape", "Dropout", "Identity"}, ops
-    (expected,) = run_ort(proto, {x_name: x})
-    assert_close(run_graph(graph, {x_name: x})[graph.outputs[0]], expected,
-                 what=f"{name} seed 0")
+    # the light models' weights are constants, so some nets' logits grow to ~1e10 with all
+    # classes equal up to rounding: a softmax there turns one float32 ulp (~1e3) into 0 or 1.
+    # The logits are compared always, the probabilities where rounding cannot decide them.
+    last = proto.graph.node[-1]
+    logits = last.input[0] if last.op_type == "Softmax" else None
+    ort_proto = onnx.ModelProto()
+    ort_proto.CopyFrom(proto)
+    if logits:
+        ort_proto.graph.output.append(oh.make_empty_tensor_value_info(logits))
+    expected = run_ort(ort_proto, {x_name: x})
+    ours = run_graph(graph, {x_name: x}, keep_all=True)
+    if logits:
+        assert_close(ours[logits], expected[1], what=f"{name} seed 0, logits {logits}")
+    if logits is None or np.abs(expected[1]).max() < 1e4:
+        assert_close(ours[graph.outputs[0]], expected[0], what=f"{name} seed 0")
