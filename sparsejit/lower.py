@@ -47,7 +47,7 @@ from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
 from .kernels import select
-from .kernels.direct_conv import ConvWorkload, Epilogue, build_pattern, input_extent
+from .kernels.direct_conv import ConvWorkload, Epilogue, build_pattern, input_extent, output_extent
 from .kernels.gemm import GemmWorkload, pack_weights
 from .kernels.layout import Layout
 from .kernels.lrn import LRNWorkload
@@ -192,6 +192,13 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
             pads[t] = [max(a, b) for a, b in zip(cur, node.attrs["pads"])]
             if not is_pointwise(conv_workload(graph, node)):
                 aligned.add(t)  # pointwise convs read the plane flat: unpadded rows serve them best
+    flat_read = {n.inputs[0] for n in order if conv_lowerable(graph, n)
+                 and is_pointwise(conv_workload(graph, n))}
+    for node in order:
+        # rows of a conv's output rounded up to the vector (unless a pointwise conv reads it
+        # flat): its vectors are then stored whole, tails into the padding (no masked stores)
+        if conv_lowerable(graph, node) and node.outputs[0] not in flat_read:
+            aligned.add(node.outputs[0])
     layouts = {}
     tensors = list(graph.inputs) + [o for n in order for o in n.outputs]
     for t in tensors:
@@ -239,7 +246,7 @@ class _Builder:
         self.kernels: list[LayerInfo] = []
         self.bind: list[tuple[st.Step, str, type]] = []  # steps waiting for a function pointer
         self.scratch: dict[str, int] = {}
-        self.extent: dict[str, int] = {}  # tensor -> floats its readers may touch
+        self.extent: dict[str, int] = {}  # tensor -> floats its kernels may touch (over-reads, zero tails)
         self.flat: dict[str, tuple[int, ...]] = {}  # other arena tensors: contiguous, own buffer
         self.aliases: dict[str, tuple[str, tuple[int, ...]]] = {}  # view -> (base, shape)
 
@@ -295,6 +302,8 @@ class _Builder:
             self.extent[x] = max(self.extent.get(x, 0), floats)
         else:
             self.scratch[src] = max(self.scratch[src], floats)
+        written = (images - 1) * out_layout.image_stride + output_extent(wl, out_layout, plan.vector_width)
+        self.extent[y] = max(self.extent.get(y, 0), written)
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
         step = st.ActivationKernel(node.name, src, y, None, pattern.blocks, images, flops, residual)
         self._add_kernel(step, info, st.ConvFn)
@@ -413,7 +422,7 @@ class _Builder:
         pattern = build_pattern(weight[:, :, None, None], wl, in_layout, plan)
         lanes_in, lanes_out = f"{node.name}:lanes_in", f"{node.name}:lanes_out"
         self.scratch[lanes_in] = max(in_layout.image_stride, input_extent(wl, in_layout, plan, pattern))
-        self.scratch[lanes_out] = out_layout.image_stride
+        self.scratch[lanes_out] = output_extent(wl, out_layout, v)
         self.strided_copy(lanes_in, x, lanes_in, StridedView(0, 1, c),
                           StridedView(in_layout.pad_left, in_layout.channel_stride, 1), c, n)
         info = LayerInfo(node.name, node.op, f"sparse-fc lanes {plan.variant()}",

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..kernels.direct_conv import ConvWorkload, DirectConvPlan, Epilogue, Pattern, origin, tiles
+from ..kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, Pattern, origin, tails_into_padding,
+                                   tiles)
 from ..kernels.layout import Layout
 from .render import byte_string, float_list, float_literal, i32_list, render, splat, symbol
 
@@ -45,7 +46,8 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         blocks=pattern.blocks,
         V=v, RB=plan.rows_per_tile, CB=plan.vectors_per_row, MB=mb, UK=plan.unroll,
         sets=plan.unroll if plan.split_accumulators else 1,
-        M=workload.out_channels, P=workload.out_height, TY=ty, TX=tx,
+        M=workload.out_channels, P=workload.out_height, Q=workload.out_width, TY=ty, TX=tx,
+        tail_store=tails_into_padding(workload, out_layout, v),
         in_img=in_layout.image_stride,
         in_tile_row=sh * in_layout.row_stride,
         in_origin=origin(workload, in_layout),

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .layout import Layout
+from .layout import Layout, round_up
 
 
 @dataclass(frozen=True)
@@ -221,6 +221,26 @@ def input_extent(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan,
     last_col = (tx * plan.vectors_per_row - 1) * v
     max_offset = int(pattern.offsets.max()) if pattern.entries else 0
     return origin(workload, layout) + last_row * layout.row_stride + last_col + max_offset + v
+
+
+def tails_into_padding(workload: ConvWorkload, out_layout: Layout, vector_width: int) -> bool:
+    """Can the kernel store every output vector whole, zeros in its lanes past the width Q?
+
+    A vector starting at column x0 < Q (a multiple of V) ends before round_up(Q, V). Stored at
+    padded column pad_left + x, a lane x >= Q lands in the row's right padding or, past the
+    row stride, in the next row's left padding (column < pad_left, as x < round_up(Q, V) <=
+    row stride): never on another output, always where the buffer must hold zeros. The next
+    row of a channel's last row is the next channel's top row, or for the last channel of the
+    last image up to pad_left floats past the image (`output_extent` counts them)."""
+    return (out_layout.phases == 1 and out_layout.shifts == 1
+            and round_up(workload.out_width, vector_width) <= out_layout.row_stride)
+
+
+def output_extent(workload: ConvWorkload, out_layout: Layout, vector_width: int) -> int:
+    """Floats past an image's start that the kernel may write (zeros past the interior)."""
+    if tails_into_padding(workload, out_layout, vector_width):
+        return out_layout.image_stride + out_layout.pad_left
+    return out_layout.image_stride
 
 
 def origin(workload: ConvWorkload, layout: Layout) -> int:

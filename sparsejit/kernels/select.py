@@ -53,6 +53,25 @@ def accumulator_budget(target: Target) -> int:
     return target.vector_registers - (6 if target.vector_registers > 16 else 4)
 
 
+# An image's first conv (3 input channels, 147-363 taps per output channel): (channels, vectors)
+# blocks, several channels sharing each input load, in the order measured best per register
+# file. 32 registers (AVX-512): 8 x 2, CaffeNet conv1 1.53 ms (0.93x the best dense engine)
+# against 1.50-2.49 ms for 4 x 4, ResNet-50 conv1 1.72 ms against 2.49 for 4 x 6. 16 registers
+# (AVX2, Zen 3): 3 x 4 on CaffeNet conv1 2.98 ms, 4 x 2 3.32, 2 x 5 4.1, 8 x 2 (spilling) 7.8;
+# ResNet-50 conv1 (64 channels) 4 x 2 3.0-3.3 ms, 2 x 5 3.2.
+FIRST_CONV_BLOCKS = {32: ((8, 2),), 16: ((3, 4), (4, 2))}
+
+
+def first_conv_block(target: Target, channels_per_group: int) -> tuple[int, int] | None:
+    """(channels per block, vectors per row) for a first conv, or None for the general dense
+    blocking: the first measured block that divides the channels and fits the registers
+    (sums, one broadcast per channel and an input vector)."""
+    for mb, cb in FIRST_CONV_BLOCKS.get(target.vector_registers, ()):
+        if channels_per_group % mb == 0 and mb * cb + mb + 1 <= target.vector_registers:
+            return mb, cb
+    return None
+
+
 def unrolled_fits(nonzeros: int, rows_per_tile: int, vectors_per_row: int) -> bool:
     """Is the unrolled form's estimated code small enough (one FMA per nonzero and vector)?"""
     fmas = nonzeros * rows_per_tile * vectors_per_row
@@ -84,15 +103,15 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
     cg = workload.in_channels // workload.group
-    if dense and cg <= FEW_INPUT_CHANNELS and mg % 8 == 0:
-        # an image's first conv (3 input channels, 147-363 taps per output channel): 8 channels
-        # share each input load, 2 vectors each (16 accumulators; 8 x 3 spilled and ran 4x
-        # slower). CaffeNet conv1 1.53 ms (0.93x the best dense engine) against 1.50-2.49 ms
-        # for 4 x 4 (bimodal from run to run); ResNet-50 conv1 1.72 ms against 2.49 for 4 x 6.
-        mb, rb, cb = 8, 1, min(2, vectors)
+    first_conv = first_conv_block(target, mg) if dense and cg <= FEW_INPUT_CHANNELS else None
+    if first_conv is not None:
+        mb, cb = first_conv
+        rb, cb = 1, min(cb, vectors)
     elif dense:
         mb = next(m for m in (4, 3, 2, 1) if mg % m == 0)
-        rb, cb = _tile(workload.out_height, vectors, max(1, budget // mb))
+        # the block's weight broadcasts and an input vector need registers beside the sums
+        per_channel = min(budget, target.vector_registers - mb - 1) // mb
+        rb, cb = _tile(workload.out_height, vectors, max(1, per_channel))
     else:
         mb = 1
         rb, cb = _tile(workload.out_height, vectors, budget)

@@ -14,6 +14,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from sparsejit import targets
+from sparsejit.kernels import select
+from sparsejit.kernels.direct_conv import tails_into_padding
+from sparsejit.kernels.layout import Layout
+
 from .conv_harness import ConvCase, run_case, runnable_targets, with_plan
 
 TARGETS = runnable_targets()
@@ -128,6 +133,27 @@ def test_channel_passes(blocking, group, target):
     assert plan.channel_chunk == blocking.get("channel_chunk", 0)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("plan", [{"form": "table"}, {"form": "table", "channel_chunk": 2},
+                                  {"form": "table", "channels_per_block": 2, "rows_per_tile": 4},
+                                  {"form": "unrolled", "rows_per_tile": 4}], ids=str)
+@pytest.mark.parametrize("out_plain", [False, True], ids=["padded-out", "plain-out"])
+def test_vector_tails(out_plain, plan, target):
+    """Lanes past the output width: into a padded output a vector is stored whole with zeros
+    there (the harness's guard page ends the buffer, its bottom pad is 0, so a tail of the last
+    row that runs past the image faults if the extent misses it); into a plain array, whose
+    next row starts right after the last column, through a mask."""
+    v = WIDTHS[target]
+    for width in sorted({v - 1, v + 1, 2 * v + 3}):
+        case = ConvCase(5, 7, width, 6, (3, 3), pads=(1, 1, 1, 1), batch=2, density=0.5,
+                        plan=plan, out_plain=out_plain, out_pads=(1, 2, 0, 1))
+        wl = case.workload()
+        out = (Layout(6, wl.out_height, wl.out_width) if out_plain
+               else Layout.padded(6, wl.out_height, wl.out_width, case.out_pads, align=v))
+        assert tails_into_padding(wl, out, v) == (not out_plain)
+        run_case(case, target, seed=width)
+
+
 RESIDUAL_PLANS = [{"form": "table"}, {"form": "table", "channel_chunk": 2},
                   {"form": "table", "channels_per_block": 2}, {"form": "unrolled"},
                   {"form": "unrolled", "channels_per_block": 2}]
@@ -193,11 +219,15 @@ FIRST_CONVS = [
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", FIRST_CONVS, ids=_ids(FIRST_CONVS))
-def test_first_conv_default_blocks_eight_channels(case, target):
-    """A dense conv over few input channels (an image's first conv) blocks 8 output channels
-    with 2 vectors each by default; 12 channels fall back to the general dense blocking."""
+def test_first_conv_default_blocks_several_channels(case, target):
+    """A dense conv over few input channels (an image's first conv) blocks several output
+    channels per input load, as measured best for the target's register file, within the
+    registers (sums, broadcasts, an input vector); 7 channels fit no block: general blocking."""
     plan = run_case(case, target, seed=17)
+    tgt = targets.get(target)
+    mb, cb = select.FIRST_CONV_BLOCKS[tgt.vector_registers][0 if case.out_channels % 3 == 0 else -1]
     vectors = -(-case.workload().out_width // WIDTHS[target])
-    assert (plan.channels_per_block, plan.rows_per_tile, plan.vectors_per_row) == (8, 1, min(2, vectors))
-    odd = run_case(replace(case, out_channels=12), target, seed=18)
-    assert odd.channels_per_block != 8
+    assert (plan.channels_per_block, plan.rows_per_tile, plan.vectors_per_row) == (mb, 1, min(cb, vectors))
+    assert plan.accumulators + mb + 1 <= tgt.vector_registers
+    odd = run_case(replace(case, out_channels=7), target, seed=18)
+    assert odd.channels_per_block == 1

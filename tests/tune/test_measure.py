@@ -72,7 +72,7 @@ def test_a_kernel_writing_into_the_output_pads_is_caught(monkeypatch):
     # with the values check out of the way, the pads check alone catches it
     monkeypatch.setattr(measure_mod, "mismatch", lambda got, expected: None)
     r = measure(spec, plan, HOST, repeats=3)
-    assert r.status == "wrong" and r.error == "wrote outside the output interior"
+    assert r.status == "wrong" and r.error == "wrote other than zeros outside the output interior"
 
 
 def test_a_plan_that_cannot_block_the_layer_is_an_error():
