@@ -50,7 +50,12 @@ def density(weight: np.ndarray) -> float:
 def accumulator_budget(target: Target) -> int:
     """Vector registers a kernel may hold accumulators in: the rest holds the loaded input
     vectors and the broadcast weights."""
-    return target.vector_registers - (6 if target.vector_registers > 16 else 4)
+    if target.vector_registers > 16:
+        return target.vector_registers - 6
+    # 16 registers: the sparse loop's FMAs take their input from memory, so a broadcast weight
+    # and the next one beside the sums (14 x ymm on Zen 3: CaffeNet conv3 7 x 2 0.68 ms, 5 x 2
+    # 0.72); without FMA (SSE) a multiply needs a temporary too
+    return target.vector_registers - (2 if "+fma" in target.features.split(",") else 4)
 
 
 # An image's first conv (3 input channels, 147-363 taps per output channel): (channels, vectors)
@@ -78,20 +83,26 @@ def unrolled_fits(nonzeros: int, rows_per_tile: int, vectors_per_row: int) -> bo
     return fmas * UNROLLED_BYTES_PER_FMA <= UNROLLED_MAX_CODE_BYTES
 
 
+# Work per table entry besides its FMAs, in FMA-equivalents (offset load, weight broadcast, loop
+# step), for choosing a tile: a tile of rb x cb accumulators costs rb * cb + this per entry.
+ENTRY_OVERHEAD = 3
+
+
 def _tile(rows: int, vectors: int, budget: int) -> tuple[int, int]:
-    """(rows_per_tile, vectors_per_row) with at most `budget` accumulators and little waste:
-    whole rows of vectors first, then as many rows as fit, preferring a row count whose last
-    tile is nearly full."""
-    per_row = min(vectors, budget)
-    max_rows = max(1, min(rows, budget // per_row))
-    best, best_waste = max_rows, None
-    for rb in range(max_rows, 0, -1):
-        waste = (-rows) % rb / rows
-        if best_waste is None or waste < best_waste - 1e-9:
-            best, best_waste = rb, waste
-        if waste == 0 or rb < max_rows // 2:
-            break
-    return best, per_row
+    """(rows_per_tile, vectors_per_row) with at most `budget` accumulators, minimising the work
+    over the whole output: tiles x (accumulators + ENTRY_OVERHEAD) per entry, so the waste of a
+    last partial tile is weighed against the entry overhead small tiles pay more often. On AVX2
+    (14 accumulators) CaffeNet conv3 (13 rows x 2 vectors) gets 7 x 2: 0.68 ms, against 0.90
+    for the 2 x 2 that minimising waste alone chose; AVX-512's earlier choices (13 x 1 there,
+    9 x 2 on 27 x 27, 4 x 4 on 56 x 56, 1 x 14 on 224 x 224) stay."""
+    costs = {}
+    for cb in range(1, min(vectors, budget) + 1):
+        for rb in range(1, min(rows, budget // cb) + 1):
+            costs[rb, cb] = -(-rows // rb) * -(-vectors // cb) * (rb * cb + ENTRY_OVERHEAD)
+    least = min(costs.values())
+    # within 10 % of the least, the widest rows: contiguous input, fewer passes over the table
+    return max((tile for tile, cost in costs.items() if cost <= least * 1.10),
+               key=lambda tile: (tile[1], -costs[tile]))
 
 
 def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
