@@ -47,7 +47,8 @@ from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
 from .kernels import select
-from .kernels.direct_conv import ConvWorkload, Epilogue, build_pattern, input_extent, output_extent
+from .kernels.direct_conv import (ConvWorkload, Epilogue, build_pattern, flat_pays, flat_rows, input_extent,
+                                  output_extent)
 from .kernels.gemm import GemmWorkload, pack_weights
 from .kernels.layout import Layout
 from .kernels.lrn import LRNWorkload
@@ -201,12 +202,44 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
             aligned.add(node.outputs[0])
     layouts = {}
     tensors = list(graph.inputs) + [o for n in order for o in n.outputs]
+    narrow = narrow_map_pads(graph, order, tensors, pads, v)
     for t in tensors:
         if _is_4d_activation(graph, t):
             _, c, h, w = graph.value(t).static_shape()
+            if t in narrow:
+                layouts[t] = Layout.padded(c, h, w, narrow[t])
+                continue
             layouts[t] = Layout.padded(c, h, w, tuple(pads.get(t, (0, 0, 0, 0))),
                                        align=v if t in aligned else 1)
     return layouts
+
+
+def narrow_map_pads(graph: Graph, order: list[Node], tensors: list[str],
+                    pads: dict[str, list[int]], v: int) -> dict[str, tuple[int, ...]]:
+    """Pads for the tensors of small maps that convs write or stride-1 convs read, the same for every
+    such tensor of one map size (the largest any of those convs needs) and rows not rounded to
+    the vector: their convs' input and output rows are then equally far apart and each plane
+    runs flat (kernels/direct_conv.py: flat_rows), where a 7 x 7 map would fill 7 vectors of
+    16 lanes as rows. Only map sizes where a flat 3x3 conv clearly saves vectors qualify."""
+    conv_tensors = set()
+    for node in order:
+        if conv_lowerable(graph, node):
+            conv_tensors.add(node.outputs[0])
+            if tuple(node.attrs["strides"]) == (1, 1):
+                conv_tensors.add(node.inputs[0])
+    viewed = {n.inputs[0] for n in order if n.op in ("Flatten", "Reshape")}
+    by_map: dict[tuple[int, int], list[str]] = {}
+    for t in tensors:
+        if t in conv_tensors and t not in viewed and _is_4d_activation(graph, t):
+            by_map.setdefault(tuple(graph.value(t).static_shape()[2:]), []).append(t)
+    narrow = {}
+    for (h, w), members in by_map.items():
+        group_pads = tuple(max(pads.get(t, (0, 0, 0, 0))[i] for t in members) for i in range(4))
+        probe = Layout.padded(1, h, w, group_pads)  # a 3x3 conv from and to this map size
+        run = flat_rows(ConvWorkload(1, h, w, 1, (3, 3), pads=(1, 1, 1, 1)), probe, probe, None, v)
+        if any(group_pads) and run is not None and flat_pays(run, v):
+            narrow.update({t: group_pads for t in members})
+    return narrow
 
 
 def is_pointwise(wl: ConvWorkload) -> bool:
@@ -273,6 +306,11 @@ class _Builder:
         if sub is not None:  # a strided 1x1 conv: subsample first, then a stride-1 1x1 conv
             src = f"{node.name}:subsample"
             packed = Layout(wl.in_channels, sub.height, sub.width)
+            if not out_layout.is_plain:  # rows as far apart as the output's: it may run flat
+                like_out = Layout.padded(wl.in_channels, sub.height, sub.width, out_layout.pads)
+                run = flat_rows(sub, like_out, out_layout, res_layout, self.target.vector_width)
+                if run is not None and flat_pays(run, self.target.vector_width):
+                    packed = like_out
             self.scratch[src] = self.images(x) * packed.image_stride
             self.subsample(src, x, in_layout, packed, wl.strides)
             wl, in_layout = sub, packed
@@ -281,6 +319,9 @@ class _Builder:
             wl, in_layout, out_layout = flat
             if res_layout is not None:
                 res_layout = Layout(res_layout.channels, 1, wl.width)
+        run = flat_rows(wl, in_layout, out_layout, res_layout, self.target.vector_width)
+        if run is not None and flat_pays(run, self.target.vector_width):
+            wl = run
         spec = ConvSpec(node.name, wl, weight, bias, _epilogue(node), in_layout, out_layout,
                         res_layout)
         key = tuning_log.workload_key(wl, weight)

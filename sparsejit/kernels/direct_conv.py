@@ -16,7 +16,7 @@ absolute input channels.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,22 @@ class ConvWorkload:
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
     dilations: tuple[int, int] = (1, 1)
     group: int = 1
+    # 0: the kernel tiles output rows. > 0 (stride-1 convs whose input and output buffers have
+    # rows this many floats apart, see `flat_rows`): it computes each output plane as one run
+    # of positions y * flat_stride + x, the lanes between rows falling into the padding.
+    flat_stride: int = 0
+
+    @property
+    def tile_rows(self) -> int:
+        """Rows of the output positions the kernel tiles: 1 for a flat run."""
+        return 1 if self.flat_stride else self.out_height
+
+    @property
+    def tile_width(self) -> int:
+        """Positions per tiled row: the output width, or a flat run's length."""
+        if self.flat_stride:
+            return (self.out_height - 1) * self.flat_stride + self.out_width
+        return self.out_width
 
     @property
     def out_height(self) -> int:
@@ -207,8 +223,8 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
 
 def tiles(workload: ConvWorkload, plan: DirectConvPlan) -> tuple[int, int]:
     """(row tiles, column tiles) covering the output."""
-    vectors = -(-workload.out_width // plan.vector_width)
-    return (-(-workload.out_height // plan.rows_per_tile), -(-vectors // plan.vectors_per_row))
+    vectors = -(-workload.tile_width // plan.vector_width)
+    return (-(-workload.tile_rows // plan.rows_per_tile), -(-vectors // plan.vectors_per_row))
 
 
 def input_extent(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan,
@@ -217,7 +233,7 @@ def input_extent(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan,
     included): the buffer holding the last image must extend this far."""
     ty, tx = tiles(workload, plan)
     v = plan.vector_width
-    last_row = (ty * plan.rows_per_tile - 1) * workload.strides[0]
+    last_row = (ty * plan.rows_per_tile - 1) * workload.strides[0]  # 0 for a flat run
     last_col = (tx * plan.vectors_per_row - 1) * v
     max_offset = int(pattern.offsets.max()) if pattern.entries else 0
     return origin(workload, layout) + last_row * layout.row_stride + last_col + max_offset + v
@@ -225,6 +241,7 @@ def input_extent(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan,
 
 def tails_into_padding(workload: ConvWorkload, out_layout: Layout, vector_width: int) -> bool:
     """Can the kernel store every output vector whole, zeros in its lanes past the width Q?
+    (A flat run always can: `flat_rows` checks it.)
 
     A vector starting at column x0 < Q (a multiple of V) ends before round_up(Q, V). Stored at
     padded column pad_left + x, a lane x >= Q lands in the row's right padding or, past the
@@ -232,15 +249,61 @@ def tails_into_padding(workload: ConvWorkload, out_layout: Layout, vector_width:
     row stride): never on another output, always where the buffer must hold zeros. The next
     row of a channel's last row is the next channel's top row, or for the last channel of the
     last image up to pad_left floats past the image (`output_extent` counts them)."""
+    if workload.flat_stride:
+        return True
     return (out_layout.phases == 1 and out_layout.shifts == 1
             and round_up(workload.out_width, vector_width) <= out_layout.row_stride)
 
 
 def output_extent(workload: ConvWorkload, out_layout: Layout, vector_width: int) -> int:
     """Floats past an image's start that the kernel may write (zeros past the interior)."""
+    if workload.flat_stride:
+        last = ((out_layout.channels - 1) * out_layout.channel_stride + _flat_origin(out_layout)
+                + round_up(workload.tile_width, vector_width))
+        return max(out_layout.image_stride, last)
     if tails_into_padding(workload, out_layout, vector_width):
         return out_layout.image_stride + out_layout.pad_left
     return out_layout.image_stride
+
+
+def _flat_origin(layout: Layout) -> int:
+    return layout.pad_top * layout.row_stride + layout.pad_left
+
+
+# A flat run is worth it when it needs at most this share of the vectors that row tiles need
+# (a 7 x 7 map on 16 lanes: 4 vectors instead of 7, ResNet-50's last stage).
+FLAT_MAX_VECTOR_SHARE = 0.85
+
+
+def flat_rows(workload: ConvWorkload, in_layout: Layout, out_layout: Layout,
+              residual: Layout | None, vector_width: int) -> ConvWorkload | None:
+    """`workload` computed as one flat run per output plane, or None when that does not apply.
+
+    For a stride-1 conv whose input, output (and residual) buffers all have rows Wp floats
+    apart, output (y, x) and every tap's input are at base + y * Wp + x: the plane is one run
+    p = y * Wp + x, 0 <= p < (P - 1) * Wp + Q, with constant tap offsets. Lanes with x >= Q
+    are stored as zeros: at padded column pad_left + x they land in the row's right padding or
+    the next row's left padding (x < Wp). Lanes past the run's end land in the padding after
+    the plane's last row, before the next channel's interior if round_up(run, V) <= the channel
+    stride (checked here). The residual is read through the same lane mask."""
+    v = vector_width
+    if workload.strides != (1, 1) or workload.flat_stride:
+        return None
+    wp = in_layout.row_stride
+    layouts = [in_layout, out_layout] + ([residual] if residual is not None else [])
+    if any(lay.phases != 1 or lay.shifts != 1 or lay.row_stride != wp for lay in layouts):
+        return None
+    flat = replace(workload, flat_stride=wp)
+    if round_up(flat.tile_width, v) > out_layout.channel_stride:
+        return None
+    return flat
+
+
+def flat_pays(flat: ConvWorkload, vector_width: int) -> bool:
+    """Does the flat run need clearly fewer vectors than tiling the output's rows?"""
+    v = vector_width
+    rows_vectors = flat.out_height * -(-flat.out_width // v)
+    return -(-flat.tile_width // v) <= FLAT_MAX_VECTOR_SHARE * rows_vectors
 
 
 def origin(workload: ConvWorkload, layout: Layout) -> int:

@@ -53,6 +53,13 @@ class Layout:
                       shifts)
 
     @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, left, bottom, right) around the interior of a phases == 1 layout (right
+        includes the row alignment)."""
+        return (self.pad_top, self.pad_left, self.rows - self.height - self.pad_top,
+                self.row_stride - self.width - self.pad_left)
+
+    @property
     def row_stride(self) -> int:
         return self.phases * self.phase_width
 

@@ -110,7 +110,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     """The default direct-conv plan for this layer on this target, with `override` applied."""
     v = target.vector_width
     dense = density(weight) >= DENSE_THRESHOLD
-    vectors = -(-workload.out_width // v)
+    vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
     cg = workload.in_channels // workload.group
@@ -122,10 +122,10 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         mb = next(m for m in (4, 3, 2, 1) if mg % m == 0)
         # the block's weight broadcasts and an input vector need registers beside the sums
         per_channel = min(budget, target.vector_registers - mb - 1) // mb
-        rb, cb = _tile(workload.out_height, vectors, max(1, per_channel))
+        rb, cb = _tile(workload.tile_rows, vectors, max(1, per_channel))
     else:
         mb = 1
-        rb, cb = _tile(workload.out_height, vectors, budget)
+        rb, cb = _tile(workload.tile_rows, vectors, budget)
     split = rb * cb * mb < 4
     unroll = 4 if split else 2
     # Input-channel passes keep the slice of input a pass touches near L1 (measured on ResNet-50

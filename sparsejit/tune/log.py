@@ -40,7 +40,10 @@ def workload_key(workload: ConvWorkload, weight: np.ndarray) -> str:
     they do not change the code's speed, the positions do)."""
     nonzero = np.ascontiguousarray(weight) != 0
     pattern = hashlib.sha256(np.packbits(nonzero).tobytes() + repr(weight.shape).encode())
-    fields = {**asdict(workload), "density": round(float(nonzero.mean()) if nonzero.size else 0.0, 6),
+    layer = asdict(workload)
+    if not layer["flat_stride"]:  # keys from before flat runs existed stay valid
+        del layer["flat_stride"]
+    fields = {**layer, "density": round(float(nonzero.mean()) if nonzero.size else 0.0, 6),
               "pattern": pattern.hexdigest()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 

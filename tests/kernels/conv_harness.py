@@ -20,6 +20,7 @@ from sparsejit.kernels.direct_conv import (
     DirectConvPlan,
     Epilogue,
     build_pattern,
+    flat_rows,
     input_extent,
     output_extent,
 )
@@ -68,6 +69,7 @@ class ConvCase:
     in_extra_pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # producer layout pads beyond the conv's
     residual: bool = False  # a fused Add: a tensor (in a layout of its own) added before the activation
     out_plain: bool = False  # the output is a plain NCHW array (no pads, no row alignment)
+    flat: bool = False  # input, output and residual rows equally far apart: the kernel runs flat
 
     def workload(self) -> ConvWorkload:
         return ConvWorkload(self.in_channels, self.height, self.width, self.out_channels,
@@ -98,6 +100,8 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     bias = rng.standard_normal(case.out_channels).astype(np.float32)
     x = rng.standard_normal((case.batch, case.in_channels, case.height, case.width)).astype(np.float32)
     v = tgt.vector_width
+    if case.flat:
+        return _run_flat_case(case, tgt, wl, w, bias, x, rng, seed)
     plan = select.choose_conv(wl, w, tgt, case.plan)
     if wl.strides[1] == 1 and not plan.aligned_copies:
         pads = tuple(a + b for a, b in zip(case.pads, case.in_extra_pads))
@@ -110,6 +114,34 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     assert pattern.entries == 0 or pattern.offsets.min() >= 0
     res_layout = (Layout.padded(case.out_channels, wl.out_height, wl.out_width, (2, 1, 0, 3), align=v)
                   if case.residual else None)
+    return _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, res_layout,
+                  pattern)
+
+
+def _run_flat_case(case, tgt, wl, w, bias, x, rng, seed) -> DirectConvPlan:
+    """Layouts whose rows are all one stride apart (as lowering gives a small map's tensors), so
+    the kernel computes each plane as one flat run (kernels/direct_conv.py: flat_rows)."""
+    pads = tuple(a + b for a, b in zip(case.pads, case.in_extra_pads))
+    in_layout = Layout.padded(wl.in_channels, wl.height, wl.width, pads)
+    spare = in_layout.row_stride - wl.out_width  # the output's row padding, left and right
+    out_pads = (case.out_pads[0], spare // 2, case.out_pads[2], spare - spare // 2)
+    out_layout = Layout.padded(case.out_channels, wl.out_height, wl.out_width, out_pads)
+    res_layout = (Layout.padded(case.out_channels, wl.out_height, wl.out_width,
+                                (out_pads[0], spare - spare // 2, out_pads[2], spare // 2))
+                  if case.residual else None)
+    flat = flat_rows(wl, in_layout, out_layout, res_layout, tgt.vector_width)
+    assert flat is not None, f"{case}: no flat run on {tgt.name} with {in_layout}, {out_layout}"
+    plan = select.choose_conv(flat, w, tgt, case.plan)
+    pattern = build_pattern(w, flat, in_layout, plan)
+    return _check(case, tgt, flat, plan, w, bias, x, rng, seed, in_layout, out_layout, res_layout,
+                  pattern)
+
+
+def _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, res_layout,
+           pattern) -> DirectConvPlan:
+    """Run the kernel of `plan` on guarded buffers and compare with the numpy reference."""
+    v = tgt.vector_width
+    target_name = tgt.name
     ir = render_direct_conv("case", wl, plan, pattern, bias, Epilogue(case.activation, 0.1),
                             in_layout, out_layout, tgt.name, res_layout)
     obj, _ = llvm.compile_object(ir, tgt, plan.codegen_opt)

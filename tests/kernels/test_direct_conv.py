@@ -16,7 +16,7 @@ import pytest
 
 from sparsejit import targets
 from sparsejit.kernels import select
-from sparsejit.kernels.direct_conv import tails_into_padding
+from sparsejit.kernels.direct_conv import ConvWorkload, flat_pays, flat_rows, tails_into_padding
 from sparsejit.kernels.layout import Layout
 
 from .conv_harness import ConvCase, run_case, runnable_targets, with_plan
@@ -152,6 +152,57 @@ def test_vector_tails(out_plain, plan, target):
                else Layout.padded(6, wl.out_height, wl.out_width, case.out_pads, align=v))
         assert tails_into_padding(wl, out, v) == (not out_plain)
         run_case(case, target, seed=width)
+
+
+FLAT_CASES = [
+    # (in channels, height, width, out channels, kernel, pads, extra input pads, dilations, group)
+    (6, 7, 7, 5, (3, 3), (1, 1, 1, 1), (0, 0, 0, 0), (1, 1), 1),  # ResNet-50's last stage
+    (8, 7, 7, 6, (1, 1), (0, 0, 0, 0), (1, 1, 1, 1), (1, 1), 1),  # a 1x1 conv in that stage
+    (4, 5, 3, 4, (3, 3), (1, 1, 1, 1), (1, 0, 2, 1), (1, 1), 2),  # odd width, grouped
+    (3, 9, 6, 4, (3, 3), (2, 2, 2, 2), (0, 0, 0, 0), (2, 2), 1),  # dilated
+    (5, 6, 5, 3, (5, 5), (2, 2, 2, 2), (0, 1, 0, 0), (1, 1), 1),  # 5 x 5
+]
+FLAT_PLANS = [{}, {"form": "table", "vectors_per_row": 1}, {"form": "table", "channel_chunk": 2},
+              {"form": "table", "channels_per_block": 2}, {"form": "unrolled"}]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("plan", FLAT_PLANS, ids=str)
+@pytest.mark.parametrize("density", [0.0, "one", 0.3, 1.0], ids=str)
+@pytest.mark.parametrize("shape", FLAT_CASES, ids=str)
+def test_flat_runs(shape, density, plan, target):
+    """Small maps whose tensors share one row stride run as one flat run per plane: lanes between
+    rows and past the run's end are stored as zeros into the padding (guard page after the
+    buffer), the residual (NaN outside its interior) is read through the same mask."""
+    c, h, w, m, kernel, pads, extra, dilations, group = shape
+    for residual, batch in ((False, 1), (True, 2)):
+        case = ConvCase(c, h, w, m, kernel, pads=pads, dilations=dilations, group=group,
+                        batch=batch, density=density, plan=plan, in_extra_pads=extra,
+                        out_pads=(1, 0, 1, 0), residual=residual, flat=True)
+        ran = run_case(case, target, seed=zlib.crc32(repr((shape, batch)).encode()))
+        assert ran.rows_per_tile == 1
+
+
+def test_flat_run_needs_equal_row_strides_and_room():
+    """No flat run across different row strides, for strided convs, or when the last vector's
+    tail would reach the next channel's interior; it pays only where it saves vectors."""
+    wl = ConvWorkload(4, 7, 7, 4, (3, 3), pads=(1, 1, 1, 1))
+    padded = Layout.padded(4, 7, 7, (1, 1, 1, 1))
+    assert flat_rows(wl, padded, padded, None, 16).flat_stride == 9
+    assert flat_rows(wl, padded, padded, None, 16).tile_width == 6 * 9 + 7
+    aligned = Layout.padded(4, 7, 7, (1, 1, 1, 1), align=16)
+    assert flat_rows(wl, padded, aligned, None, 16) is None
+    assert flat_rows(wl, padded, padded, aligned, 16) is None
+    strided = ConvWorkload(4, 14, 14, 4, (3, 3), (2, 2), pads=(1, 1, 1, 1))
+    assert flat_rows(strided, padded, padded, None, 16) is None
+    tight = Layout(4, 7, 7)  # 1x1 on plain planes: the run's tail reaches the next channel
+    pointwise = ConvWorkload(4, 7, 7, 4, (1, 1))
+    assert flat_rows(pointwise, tight, tight, None, 16) is None
+    assert flat_pays(flat_rows(wl, padded, padded, None, 16), 16)  # 4 vectors, not 7
+    assert not flat_pays(flat_rows(wl, padded, padded, None, 8), 8)  # 8, not 7
+    wide = ConvWorkload(4, 56, 56, 4, (3, 3), pads=(1, 1, 1, 1))  # 203 vectors, not 224
+    big = Layout.padded(4, 56, 56, (1, 1, 1, 1))
+    assert not flat_pays(flat_rows(wide, big, big, None, 16), 16)
 
 
 RESIDUAL_PLANS = [{"form": "table"}, {"form": "table", "channel_chunk": 2},
