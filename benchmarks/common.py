@@ -49,6 +49,26 @@ def median_seconds(fn: Callable[[], object], repeats: int = 30, min_time: float 
     return float(np.median(times))
 
 
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 30,
+                        rounds: int = 5) -> dict[str, float]:
+    """Median seconds per call of each function, timed in `rounds` alternating rounds (A's
+    calls, then B's, ..., again): the VM's speed drifts by up to ~30 % over minutes, which
+    separately timed medians turn into a wrong ratio; interleaved, both see the same drift."""
+    import numpy as np
+
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    per_round = max(1, -(-repeats // rounds))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def deepsparse_python() -> str | None:
     """The DeepSparse venv's python: $SPARSEJIT_DEEPSPARSE_PYTHON, else the default venv if present."""
     env = os.environ.get("SPARSEJIT_DEEPSPARSE_PYTHON")

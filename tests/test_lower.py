@@ -36,6 +36,49 @@ def test_strided_1x1_conv_subsamples_then_runs_flat(size, stride):
     assert k["conv_node"].startswith("direct ") and "conv_node:pack" not in k
 
 
+def _flat_map_size(vector_width: int) -> int:
+    """A map size whose 3x3 convs run flat on this vector width (7 x 7 on 16 lanes, 3 x 3 on 8)."""
+    from sparsejit.kernels.direct_conv import ConvWorkload, flat_pays, flat_rows
+    from sparsejit.kernels.layout import Layout
+    for size in (7, 3, 2, 1):
+        lay = Layout.padded(1, size, size, (1, 1, 1, 1))
+        run = flat_rows(ConvWorkload(1, size, size, 1, (3, 3), pads=(1, 1, 1, 1)), lay, lay, None,
+                        vector_width)
+        if run is not None and flat_pays(run, vector_width):
+            return size
+    raise AssertionError(f"no flat map size for {vector_width} lanes")
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
+    """A residual block on a small map (a strided conv into it, 3x3 and 1x1 convs, a fused Add,
+    a strided 1x1 shortcut, a global pool after): every tensor of the map gets the same padded
+    rows, so the stride-1 convs and the subsampled shortcut run as flat runs."""
+    from sparsejit import targets
+    size = _flat_map_size(targets.host_target().vector_width)
+    rng = np.random.default_rng(batch)
+
+    def weight(m, c, k):
+        return (rng.standard_normal((m, c, k, k)) * (rng.random((m, c, k, k)) < 0.4)).astype(np.float32)
+
+    x = rng.standard_normal((batch, 6, 2 * size, 2 * size)).astype(np.float32)
+    consts = {"w0": weight(8, 6, 3), "w1": weight(8, 8, 3), "w2": weight(12, 8, 1), "ws": weight(12, 6, 1)}
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], name="down", pads=[1, 1, 1, 1], strides=[2, 2]),
+             oh.make_node("Relu", ["a"], ["ar"], name="r0"),
+             oh.make_node("Conv", ["ar", "w1"], ["b"], name="conv3x3", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["b"], ["br"], name="r1"),
+             oh.make_node("Conv", ["br", "w2"], ["c"], name="conv1x1"),
+             oh.make_node("Conv", ["x", "ws"], ["s"], name="shortcut", strides=[2, 2]),
+             oh.make_node("Add", ["c", "s"], ["d"], name="add"),
+             oh.make_node("Relu", ["d"], ["dr"], name="r2"),
+             oh.make_node("GlobalAveragePool", ["dr"], ["y"], name="gap")]
+    model = make_model(nodes, {"x": x}, ["y", "dr"], consts)
+    cm = compiled_and_checked(model, {"x": x})
+    flat = {i.name: i.spec.workload.flat_stride for i in cm.lowered().layers if i.spec is not None}
+    assert flat["conv3x3"] == flat["conv1x1"] == flat["shortcut"] == size + 2, flat
+    assert flat["down"] == 0  # strided: rows of phases, not a flat run
+
+
 def test_concat_copies_into_the_output_and_flatten_is_a_view():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, 6, 6)).astype(np.float32)
