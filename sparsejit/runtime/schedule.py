@@ -90,19 +90,70 @@ class RunTable:
         self.rows[:, 8] = 0
 
 
-def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
+SEGMENT_FLAG = 4  # a table row heading an image-major segment (templates/schedule.ll.j2)
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Consecutive per-image rows over the same images, run image by image."""
+
+    rows: list[NativeRow]
+    layers: list[str]
+    images: int
+    threads: int
+
+
+def segments(calls: list[tuple[str, NativeRow]], threads: int) -> list[tuple[str, NativeRow] | _Segment]:
+    """The calls with each run of at least two consecutive per-image rows over the same
+    images (at least one per thread) gathered into a segment. Image by image, an image's
+    activations stay in cache from one layer to the next (a batch of 8 spills them), and each
+    thread takes whole images, with no barrier between the segment's layers."""
+    out: list[tuple[str, NativeRow] | _Segment] = []
+    i = 0
+    while i < len(calls):
+        j = i
+        images = calls[i][1].images
+        while (j < len(calls) and calls[j][1].per_image and calls[j][1].images == images
+               and images >= max(2, threads)):
+            j += 1
+        if j - i >= 2:
+            out.append(_Segment([row for _, row in calls[i:j]], [layer for layer, _ in calls[i:j]],
+                                images, min(threads, images)))
+            i = j
+        else:
+            out.append(calls[i])
+            i += 1
+    return out
+
+
+def build_table(run: NativeRun, arena: Arena, threads: int, image_major: bool = True) -> RunTable:
     calls = [(step.layer, row) for step in run.steps
              if (row := step.native_row(arena, threads)) is not None]
-    native = [row for _, row in calls]
-    most = max((row.threads for row in native), default=1)
-    rows = np.zeros((max(1, len(native)), ROW_INTS), np.int64)[:len(native)]
-    for i, row in enumerate(native):
+    items = segments(calls, threads) if image_major else calls
+
+    def threads_of(item) -> int:
+        return item.threads if isinstance(item, _Segment) else item[1].threads
+
+    most = max((threads_of(item) for item in items), default=1)
+    ints: list[list[int]] = []
+    layers: list[str] = []
+    for i, item in enumerate(items):
         # a barrier after a row when this row or the next ran on several threads: the next
         # row's threads may read what another thread of this one wrote (and vice versa)
-        following = native[i + 1].threads if i + 1 < len(native) else 1
-        rows[i] = row.as_ints(barrier_after=most > 1 and max(row.threads, following) > 1
-                              and i + 1 < len(native))
-    return RunTable(rows, most, new_barrier(), [layer for layer, _ in calls])
+        following = threads_of(items[i + 1]) if i + 1 < len(items) else 1
+        barrier = most > 1 and max(threads_of(item), following) > 1 and i + 1 < len(items)
+        if isinstance(item, _Segment):
+            ints.append([0, 0, 0, 0, item.images, len(item.rows),
+                         SEGMENT_FLAG | (2 if barrier else 0), item.threads, 0, 0])
+            layers.append(f"images one by one: {item.layers[0]} .. {item.layers[-1]}")
+            ints.extend(row.as_ints(barrier_after=False) for row in item.rows)
+            layers.extend(item.layers)
+        else:
+            layer, row = item
+            ints.append(row.as_ints(barrier_after=barrier))
+            layers.append(layer)
+    rows = np.array(ints, np.int64).reshape(len(ints), ROW_INTS)
+    return RunTable(rows, most, new_barrier(), layers)
 
 
 def run_native(driver: DriverFn, table: RunTable, pool: ThreadPoolExecutor | None) -> None:

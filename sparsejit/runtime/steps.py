@@ -84,6 +84,7 @@ class NativeRow:
     units: int
     by_image: bool
     threads: int  # how many threads take a share
+    per_image: bool = False  # each image is computed alone: may run image by image (a segment)
 
     def as_ints(self, barrier_after: bool) -> list[int]:
         """The driver's table row (codegen/schedule.py ROW_INTS long; ticks start at 0)."""
@@ -205,7 +206,8 @@ class ActivationKernel(Step):
         units = self.images if by_image else self.blocks
         return NativeRow(self.address, arena.buffer(self.input).ctypes.data,
                          arena.buffer(self.output).ctypes.data, res, self.images, self.blocks,
-                         by_image, useful_threads(threads, self.flops, units, NATIVE_MIN_PARALLEL_FLOPS))
+                         by_image, useful_threads(threads, self.flops, units, NATIVE_MIN_PARALLEL_FLOPS),
+                         per_image=self.images > 1)
 
     def run(self, env, arena, pool, threads):
         src, dst = arena.buffer(self.input), arena.buffer(self.output)
