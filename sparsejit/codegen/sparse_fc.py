@@ -41,7 +41,7 @@ def render_sparse_fc(layer: str, workload: SparseFcWorkload, plan: SparseFcPlan,
         table=byte_string(table), table_bytes=table.size,
         rows=byte_string(tables.rows.astype("<i4")), rows_bytes=4 * len(tables.rows),
         bias=byte_string(np.asarray(bias, "<f4")), bias_bytes=4 * len(bias),
-        halves=halving_steps(v), prefetch=plan.prefetch_bytes,
+        halves=halving_steps(v), prefetch=plan.prefetch_bytes, scalar_loads=plan.scalar_loads,
         lane=_one_lane(epilogue),
         fn_attrs=f' "target-features"="{target_features},+fast-gather"' if target_features else "",
     )

@@ -168,6 +168,10 @@ BLOCKINGS = [
     dict(vector_width=4, batch_block=4),
     dict(vector_width=16, batch_block=2, prefetch_bytes=64),
     dict(index_bits=32, vector_width=16, batch_block=1, codegen_opt=0),
+    dict(scalar_loads=True, batch_block=1, accumulators=2),
+    dict(scalar_loads=True, batch_block=4, index_bits=32, vector_width=4),
+    dict(scalar_loads=True, batch_block=2, vector_width=16),
+    dict(scalar_loads=False, batch_block=2, accumulators=2),
 ]
 
 
@@ -225,6 +229,9 @@ def test_nan_and_inf_reach_only_nonzero_columns(activation, target):
     x[1, 9] = np.inf
     x[2, 20] = -np.inf
     check_ranges(case, target, 17, x_values=x, weight=w)
+    for scalar_loads in (False, True):
+        case = FcCase(c, m, n, 0.2, activation=activation, plan={"scalar_loads": scalar_loads})
+        check_ranges(case, target, 17, x_values=x, weight=w)
 
 
 def test_gathers_in_assembly():
