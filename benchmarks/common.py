@@ -49,11 +49,15 @@ def median_seconds(fn: Callable[[], object], repeats: int = 30, min_time: float 
     return float(np.median(times))
 
 
+SETTLE_S = 0.05  # pause before a peer's round of calls
+
+
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 30,
                         rounds: int = 5) -> dict[str, float]:
     """Median seconds per call of each function, timed in `rounds` alternating rounds (A's
     calls, then B's, ..., again): the VM's speed drifts by up to ~30 % over minutes, which
-    separately timed medians turn into a wrong ratio; interleaved, both see the same drift."""
+    separately timed medians turn into a wrong ratio; interleaved, both see the same drift.
+    Each round starts after a pause and an untimed call."""
     import numpy as np
 
     for fn in fns.values():
@@ -62,6 +66,10 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 30,
     per_round = max(1, -(-repeats // rounds))
     for _ in range(rounds):
         for name, fn in fns.items():
+            # a peer's worker threads spin on for a while after its last call (onnxruntime's
+            # do): let them go to sleep, so they do not take the next one's second core
+            time.sleep(SETTLE_S)
+            fn()
             for _ in range(per_round):
                 start = time.perf_counter()
                 fn()
