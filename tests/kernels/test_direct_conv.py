@@ -280,5 +280,9 @@ def test_first_conv_default_blocks_several_channels(case, target):
     vectors = -(-case.workload().out_width // WIDTHS[target])
     assert (plan.channels_per_block, plan.rows_per_tile, plan.vectors_per_row) == (mb, 1, min(cb, vectors))
     assert plan.accumulators + mb + 1 <= tgt.vector_registers
+    # few taps: unrolled (its code fits), else the table loop
+    weights = case.out_channels * case.in_channels * case.kernel[0] * case.kernel[1]
+    fits = select.unrolled_fits(weights, plan.rows_per_tile, plan.vectors_per_row)
+    assert plan.form == ("unrolled" if fits else "table")
     odd = run_case(replace(case, out_channels=7), target, seed=18)
     assert odd.channels_per_block == 1
