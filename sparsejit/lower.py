@@ -47,7 +47,7 @@ from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
 from .kernels import select
-from .kernels.direct_conv import (ConvWorkload, Epilogue, build_pattern, flat_pays, flat_rows, input_extent,
+from .kernels.direct_conv import (ConvWorkload, Epilogue, build_pattern, flat_if_it_pays, input_extent,
                                   output_extent)
 from .kernels.gemm import GemmWorkload, pack_weights
 from .kernels.layout import Layout
@@ -236,8 +236,8 @@ def narrow_map_pads(graph: Graph, order: list[Node], tensors: list[str],
     for (h, w), members in by_map.items():
         group_pads = tuple(max(pads.get(t, (0, 0, 0, 0))[i] for t in members) for i in range(4))
         probe = Layout.padded(1, h, w, group_pads)  # a 3x3 conv from and to this map size
-        run = flat_rows(ConvWorkload(1, h, w, 1, (3, 3), pads=(1, 1, 1, 1)), probe, probe, None, v)
-        if any(group_pads) and run is not None and flat_pays(run, v):
+        probe_conv = ConvWorkload(1, h, w, 1, (3, 3), pads=(1, 1, 1, 1))
+        if any(group_pads) and flat_if_it_pays(probe_conv, probe, probe, None, v) is not None:
             narrow.update({t: group_pads for t in members})
     return narrow
 
@@ -308,8 +308,7 @@ class _Builder:
             packed = Layout(wl.in_channels, sub.height, sub.width)
             if not out_layout.is_plain:  # rows as far apart as the output's: it may run flat
                 like_out = Layout.padded(wl.in_channels, sub.height, sub.width, out_layout.pads)
-                run = flat_rows(sub, like_out, out_layout, res_layout, self.target.vector_width)
-                if run is not None and flat_pays(run, self.target.vector_width):
+                if flat_if_it_pays(sub, like_out, out_layout, res_layout, self.target.vector_width):
                     packed = like_out
             self.scratch[src] = self.images(x) * packed.image_stride
             self.subsample(src, x, in_layout, packed, wl.strides)
@@ -319,9 +318,7 @@ class _Builder:
             wl, in_layout, out_layout = flat
             if res_layout is not None:
                 res_layout = Layout(res_layout.channels, 1, wl.width)
-        run = flat_rows(wl, in_layout, out_layout, res_layout, self.target.vector_width)
-        if run is not None and flat_pays(run, self.target.vector_width):
-            wl = run
+        wl = flat_if_it_pays(wl, in_layout, out_layout, res_layout, self.target.vector_width) or wl
         spec = ConvSpec(node.name, wl, weight, bias, _epilogue(node), in_layout, out_layout,
                         res_layout)
         key = tuning_log.workload_key(wl, weight)

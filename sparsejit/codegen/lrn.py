@@ -6,7 +6,7 @@ from dataclasses import asdict
 from types import SimpleNamespace
 
 from ..kernels.layout import Layout
-from ..kernels.lrn import LRNWorkload, flat_plane, interior_origin
+from ..kernels.lrn import LRNWorkload, flat_plane
 from .render import float_literal, render, splat, symbol
 
 
@@ -36,9 +36,9 @@ def render_lrn(layer: str, workload: LRNWorkload, in_layout: Layout, out_layout:
         V=v, C=workload.channels, SIZE=workload.size, BEFORE=workload.before, AFTER=workload.after,
         ROWS=rows, NV=row_floats // v, TAIL=tail, flat=flat,
         in_img=in_layout.image_stride, in_ch=in_layout.channel_stride, in_row=in_layout.row_stride,
-        in_origin=interior_origin(in_layout),
+        in_origin=in_layout.interior_origin,
         out_img=out_layout.image_stride, out_ch=out_layout.channel_stride,
-        out_row=out_layout.row_stride, out_origin=interior_origin(out_layout),
+        out_row=out_layout.row_stride, out_origin=out_layout.interior_origin,
         tail_mask=", ".join(f"i1 {'true' if i < tail else 'false'}" for i in range(v)),
         power=workload.power_form,
         scale_vec=splat(v, f"float {float_literal(workload.scale)}"),

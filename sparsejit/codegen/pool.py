@@ -92,7 +92,7 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
         in_row=in_layout.row_stride, in_origin=in_layout.pad_top * in_layout.row_stride + in_layout.pad_left,
         out_img=out_layout.image_stride, out_ch=out_layout.channel_stride,
         out_row=out_layout.row_stride,
-        out_origin=out_layout.pad_top * out_layout.row_stride + out_layout.pad_left,
+        out_origin=out_layout.interior_origin,
         init_vec=splat(v, init), init_wide=splat(sx * v, init),
         stride_lanes=", ".join(f"i32 {i * sx}" for i in range(v)),
         tree=tree, root=tree[-1][0] if tree else 0,

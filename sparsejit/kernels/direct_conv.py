@@ -258,16 +258,12 @@ def tails_into_padding(workload: ConvWorkload, out_layout: Layout, vector_width:
 def output_extent(workload: ConvWorkload, out_layout: Layout, vector_width: int) -> int:
     """Floats past an image's start that the kernel may write (zeros past the interior)."""
     if workload.flat_stride:
-        last = ((out_layout.channels - 1) * out_layout.channel_stride + _flat_origin(out_layout)
+        last = ((out_layout.channels - 1) * out_layout.channel_stride + out_layout.interior_origin
                 + round_up(workload.tile_width, vector_width))
         return max(out_layout.image_stride, last)
     if tails_into_padding(workload, out_layout, vector_width):
         return out_layout.image_stride + out_layout.pad_left
     return out_layout.image_stride
-
-
-def _flat_origin(layout: Layout) -> int:
-    return layout.pad_top * layout.row_stride + layout.pad_left
 
 
 # A flat run is worth it when it needs at most this share of the vectors that row tiles need
@@ -297,6 +293,13 @@ def flat_rows(workload: ConvWorkload, in_layout: Layout, out_layout: Layout,
     if round_up(flat.tile_width, v) > out_layout.channel_stride:
         return None
     return flat
+
+
+def flat_if_it_pays(workload: ConvWorkload, in_layout: Layout, out_layout: Layout,
+                    residual: Layout | None, vector_width: int) -> ConvWorkload | None:
+    """The flat run of `workload` when it applies and saves vectors, else None."""
+    run = flat_rows(workload, in_layout, out_layout, residual, vector_width)
+    return run if run is not None and flat_pays(run, vector_width) else None
 
 
 def flat_pays(flat: ConvWorkload, vector_width: int) -> bool:

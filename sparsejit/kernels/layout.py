@@ -53,6 +53,11 @@ class Layout:
                       shifts)
 
     @property
+    def interior_origin(self) -> int:
+        """Float offset of element (0, 0, 0) of an image's interior (phases == 1)."""
+        return self.pad_top * self.row_stride + self.pad_left
+
+    @property
     def pads(self) -> tuple[int, int, int, int]:
         """(top, left, bottom, right) around the interior of a phases == 1 layout (right
         includes the row alignment)."""
@@ -91,7 +96,7 @@ class Layout:
         """A writable (N, C, H, W) view of the interior of a phases == 1 buffer."""
         assert self.phases == 1
         item = flat.itemsize
-        start = self.pad_top * self.row_stride + self.pad_left
+        start = self.interior_origin
         return np.lib.stride_tricks.as_strided(
             flat[start:], shape=(batch, self.channels, self.height, self.width),
             strides=(self.image_stride * item, self.channel_stride * item, self.row_stride * item, item))

@@ -83,7 +83,3 @@ def flat_plane(workload: LRNWorkload, in_layout: Layout, out_layout: Layout) -> 
     kernel then runs over H*W floats as one row, with one partial vector per channel, not per row."""
     return in_layout.row_stride == workload.width and out_layout.row_stride == workload.width
 
-
-def interior_origin(layout: Layout) -> int:
-    """Float offset of element (0, 0, 0) of an image's interior."""
-    return layout.pad_top * layout.row_stride + layout.pad_left

@@ -126,10 +126,10 @@ def segments(calls: list[tuple[str, NativeRow]], threads: int) -> list[tuple[str
     return out
 
 
-def build_table(run: NativeRun, arena: Arena, threads: int, image_major: bool = True) -> RunTable:
+def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
     calls = [(step.layer, row) for step in run.steps
              if (row := step.native_row(arena, threads)) is not None]
-    items = segments(calls, threads) if image_major else calls
+    items = segments(calls, threads)
 
     def threads_of(item) -> int:
         return item.threads if isinstance(item, _Segment) else item[1].threads
