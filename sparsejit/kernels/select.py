@@ -32,6 +32,10 @@ def apply_override(plan, override: dict | None, layer: str):
     """`plan` with the fields of `override` replaced; a clear error for unknown or bad values."""
     if not override:
         return plan
+    if isinstance(plan, DirectConvPlan) and override.get("form") == "unrolled":
+        # asking for the unrolled form asks for its one pass too (an explicit pass field that
+        # contradicts it is still an error)
+        plan = _unrolled(plan)
     known = {f.name for f in fields(plan)}
     unknown = sorted(set(override) - known)
     if unknown:
@@ -105,6 +109,50 @@ def _tile(rows: int, vectors: int, budget: int) -> tuple[int, int]:
                key=lambda tile: (tile[1], -costs[tile]))
 
 
+# A pass over input channels touches, per tile, the slice of input its channels' taps read; it
+# should stay near L1 while every output channel block reads it, so a pass takes as many
+# channels as keep the slice within this (Intel Xeon, 48 KB L1d, ResNet-50 and VGG-16 at 10 %:
+# 3x3 convs best at 39-51 KB slices (VGG-16 conv2_2: 16 channels, 36 KB, 1.05x over 32
+# channels, 73 KB); 1x1 convs at 57-64 KB (layer1.1.conv1 64 channels 1.40x over one pass,
+# layer4.1.conv1 at 7x7 128-256 channels 1.2-1.4x); 2x the slice: 0.8x).
+PASS_SLICE_BYTES = 64 * 1024
+PASS_CHANNELS = (16, 32, 64, 128, 256)
+# A pass reloads and stores the tile's partial sums: it needs a few nonzeros per output
+# channel to amortise that (1x1 convs at 10 %: 6 per 64 channels still gained 1.2-1.4x).
+PASS_MIN_ENTRIES = 4
+
+
+def tile_input_floats(workload: ConvWorkload, rows: int, vectors: int, v: int) -> int:
+    """Floats of one input channel that a tile of `rows` x `vectors` outputs reads."""
+    (kh, kw), (sh, sw), (dh, dw) = workload.kernel, workload.strides, workload.dilations
+    if workload.flat_stride:
+        return vectors * v + (kh - 1) * dh * workload.flat_stride + (kw - 1) * dw
+    return ((rows - 1) * sh + (kh - 1) * dh + 1) * ((vectors * v - 1) * sw + (kw - 1) * dw + 1)
+
+
+def sparse_passes(workload: ConvWorkload, weight_density: float, rows: int, vectors: int,
+                  v: int) -> tuple[int, str]:
+    """(channel_chunk, loop_order) of a sparse layer: input channels per pass so a tile's slice
+    of a pass stays near L1, and tiles outside channel blocks, so that every block reads the
+    slice while it is there (VGG-16's 224x224 layers: 2.2x over blocks outside). A layer whose
+    outputs are one vector (a pruned FC with the batch in the lanes) keeps one pass: there
+    each pass had ~3 nonzeros per 32 channels and chunking made it 2x slower."""
+    cg = workload.in_channels // workload.group
+    taps = workload.kernel[0] * workload.kernel[1]
+    if workload.tile_rows * workload.tile_width <= v:
+        return 0, "block_tile"
+    slice_bytes = 4 * tile_input_floats(workload, rows, vectors, v)
+    fitting = [c for c in PASS_CHANNELS if c * slice_bytes <= PASS_SLICE_BYTES]
+    chunk = fitting[-1] if fitting else PASS_CHANNELS[0]
+    while weight_density * chunk * taps < PASS_MIN_ENTRIES and chunk < cg:
+        chunk *= 2
+    if chunk < cg:
+        return chunk, "tile_block"
+    # one pass: tiles outside blocks still keep a tile's input in cache for every block, but
+    # with groups every group's slice would be in use at once
+    return 0, "tile_block" if workload.group == 1 else "block_tile"
+
+
 def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                 override: dict | None = None, layer: str = "") -> DirectConvPlan:
     """The default direct-conv plan for this layer on this target, with `override` applied."""
@@ -128,29 +176,27 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         rb, cb = _tile(workload.tile_rows, vectors, budget)
     split = rb * cb * mb < 4
     unroll = 4 if split else 2
-    # Input-channel passes keep the slice of input a pass touches near L1 (measured on ResNet-50
-    # 1x1 and CaffeNet 3x3 layers: up to 2x); dense layers also visit every channel block per
-    # tile, so the tile's input stays in L1 while the weights stream.
-    # A pass reloads and stores the tile's partial sums: worth it only when a pass has enough
-    # nonzeros per output channel to amortise that (>= 16 expected entries per segment; a
-    # pruned FC layer at 10 % has ~3 per 32 channels, and chunking made it 2x slower).
-    taps = workload.kernel[0] * workload.kernel[1]
     if dense:
+        # dense layers visit every channel block per tile, so the tile's input stays in L1
+        # while the weights stream
         chunk = 64 if cg > 96 else 0
+        order = "tile_block" if chunk else "block_tile"
     else:
-        chunk = 32 if cg > 48 and density(weight) * 32 * taps >= 16 else 0
+        chunk, order = sparse_passes(workload, density(weight), rb, cb, v)
     plan = DirectConvPlan(form="table", vector_width=v, rows_per_tile=rb, vectors_per_row=cb,
                           channels_per_block=mb, unroll=unroll, split_accumulators=split,
-                          channel_chunk=chunk,
-                          # tiles outside blocks: a tile's slice of a pass stays in cache while
-                          # every block reads it (VGG-16's 224x224 layers: 2.2x over blocks-outside)
-                          loop_order="tile_block" if chunk else "block_tile")
+                          channel_chunk=chunk, loop_order=order)
     # unrolled where its code stays small: sparse layers, and first convs with few taps (VGG-16
     # conv1_1, 27 taps: 2.01 -> 1.71 ms on Zen 4; 147- and 363-tap first convs do not fit)
     if ((not dense or first_conv is not None)
             and unrolled_fits(int(np.count_nonzero(weight)), rb, cb)):
-        plan = replace(plan, form="unrolled", channel_chunk=0, loop_order="block_tile")
+        plan = _unrolled(plan)
     return apply_override(plan, override, layer)
+
+
+def _unrolled(plan: DirectConvPlan) -> DirectConvPlan:
+    return replace(plan, form="unrolled", channel_chunk=0, loop_order="block_tile",
+                   aligned_copies=False)
 
 
 def fc_is_sparse(weight: np.ndarray) -> bool:

@@ -1,0 +1,70 @@
+"""The default plan choice (kernels/select.py): the rules its constants promise."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from sparsejit import targets
+from sparsejit.kernels import select
+from sparsejit.kernels.direct_conv import ConvWorkload
+
+
+def _weight(wl: ConvWorkload, density: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = (wl.out_channels, wl.in_channels // wl.group, *wl.kernel)
+    return np.where(rng.random(shape) < density, rng.standard_normal(shape), 0).astype(np.float32)
+
+
+@pytest.mark.parametrize("wl", [
+    ConvWorkload(256, 56, 56, 64, (1, 1)),
+    ConvWorkload(512, 28, 28, 128, (1, 1)),
+    ConvWorkload(2048, 7, 7, 512, (1, 1), flat_stride=9),
+    ConvWorkload(128, 112, 112, 128, (3, 3), pads=(1, 1, 1, 1)),
+    ConvWorkload(512, 28, 28, 512, (3, 3), pads=(1, 1, 1, 1)),
+    ConvWorkload(256, 56, 56, 256, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+], ids=str)
+def test_sparse_passes_keep_the_slice_within_budget(wl):
+    tgt = targets.get("avx512")
+    plan = select.choose_conv(wl, _weight(wl, 0.1), tgt)
+    assert plan.form == "table" and plan.loop_order == "tile_block"
+    channels = plan.channel_chunk or wl.in_channels
+    slice_bytes = 4 * select.tile_input_floats(wl, plan.rows_per_tile, plan.vectors_per_row,
+                                               plan.vector_width)
+    # the largest measured pass size whose slice fits, unless even the smallest does not
+    assert channels * slice_bytes <= select.PASS_SLICE_BYTES or channels == select.PASS_CHANNELS[0]
+    if plan.channel_chunk:
+        bigger = 2 * plan.channel_chunk
+        assert bigger * slice_bytes > select.PASS_SLICE_BYTES or bigger > max(select.PASS_CHANNELS)
+        assert plan.channel_chunk < wl.in_channels
+
+
+def test_sparse_passes_grow_until_they_have_entries():
+    wl = ConvWorkload(1024, 14, 14, 256, (1, 1))
+    tgt = targets.get("avx512")
+    at_10 = select.choose_conv(wl, _weight(wl, 0.10), tgt).channel_chunk
+    at_1 = select.choose_conv(wl, _weight(wl, 0.01), tgt).channel_chunk
+    assert at_1 * 0.01 >= select.PASS_MIN_ENTRIES or at_1 == 0
+    assert at_1 > at_10 > 0
+
+
+def test_one_vector_of_outputs_and_grouped_single_pass_keep_blocks_outside():
+    tgt = targets.get("avx512")
+    lanes_fc = ConvWorkload(9216, 1, 8, 4096, (1, 1))  # a pruned FC, batch 8 in the lanes
+    plan = select.choose_conv(lanes_fc, _weight(lanes_fc, 0.1), tgt)
+    assert (plan.channel_chunk, plan.loop_order) == (0, "block_tile")
+    grouped = ConvWorkload(32, 27, 27, 64, (5, 5), pads=(2, 2, 2, 2), group=2)  # 16 per group
+    assert select.sparse_passes(grouped, 0.1, 9, 2, 16) == (0, "block_tile")
+    assert select.sparse_passes(replace(grouped, in_channels=64, group=1), 0.1, 9, 2, 16) == (32, "tile_block")
+
+
+def test_tile_input_floats_counts_the_halo():
+    v = 16
+    three = ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1))
+    assert select.tile_input_floats(three, 4, 4, v) == (4 + 2) * (64 + 2)
+    strided = ConvWorkload(64, 56, 56, 64, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1))
+    assert select.tile_input_floats(strided, 2, 1, v) == (2 * 1 + 2 + 1) * (15 * 2 + 2 + 1)
+    flat = ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1), flat_stride=9)
+    assert select.tile_input_floats(flat, 1, 4, v) == 64 + 2 * 9 + 2
