@@ -59,20 +59,22 @@ def cmd_autotune(args: argparse.Namespace) -> int:
     log_path = args.log or tuning_log.default_path()
     results = autotune(args.model, target=args.target, threads=args.threads, budget=args.budget,
                        repeats=args.repeats, time_bound=args.time_bound, layers=args.layers,
-                       log_path=log_path, progress=not args.no_progress)
+                       log_path=log_path, progress=not args.no_progress,
+                       finalists=args.finalists, rounds=args.rounds)
     print(autotune_table(results))
     print(f"tuning log: {log_path} (compile() uses it for these layers from now on)")
     return 0
 
 
 def autotune_table(results: dict) -> str:
-    """Per layer: default and best median, speedup, the winning plan, candidates ok / tried."""
-    rows = [("layer", "default ms", "best ms", "speedup", "best plan", "ok/tried")]
+    """Per layer: default and best median (over the confirmation rounds where they ran),
+    speedup, the winning plan, candidates ok / tried, plans confirmed."""
+    rows = [("layer", "default ms", "best ms", "speedup", "best plan", "ok/tried", "confirmed")]
     for name, r in results.items():
         ok = sum(m.status == "ok" for m in r.results)
         rows.append((name, _ms(r.default_s), _ms(r.best_s),
                      "" if r.speedup is None else f"{r.speedup:.2f}x", r.plan.variant(),
-                     f"{ok}/{len(r.results)}"))
+                     f"{ok}/{len(r.results)}", str(len(r.confirmed)) if r.confirmed else "no"))
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -138,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=15, help="timed calls per candidate (15)")
     sp.add_argument("--time-bound", type=float, default=2.0,
                     help="seconds the timed calls of one candidate may take (2)")
+    sp.add_argument("--finalists", type=int, default=3,
+                    help="fastest candidates re-timed with the default in a confirmation round "
+                    "(3; 0: none)")
+    sp.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds of the confirmation (3)")
     sp.add_argument("--layers", help="comma-separated conv layers to tune (default all)")
     sp.add_argument("--log", help="tuning log to append to (default SPARSEJIT_TUNING_LOG, else "
                     "tuning.jsonl in the user cache dir)")

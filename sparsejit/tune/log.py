@@ -2,7 +2,8 @@
 
 A record is keyed by the layer's workload key (shape, density and nonzero pattern: two layers of
 one shape but different patterns are different workloads) and the target's cpu and features.
-Failures are recorded too, so a log says what was tried. Reading skips, with a warning naming
+Failures are recorded too, so a log says what was tried; an autotuner's confirmation round
+adds one "confirmed" record per re-timed finalist, which outranks unconfirmed ones. Reading skips, with a warning naming
 the file and line, any line that does not parse or is of another format version; `best` answers
 compile()'s question "is there a tuned plan for this layer?" from an index rebuilt only when the
 file changes.
@@ -128,7 +129,9 @@ def _parse(line: str) -> tuple[dict | None, str | None]:
 def _build_index(records: list[dict]) -> dict[tuple, dict]:
     """Fastest 'ok' record per (workload, cpu, features, threads), and per (workload, cpu,
     features, None) over every thread count: a lookup for a thread count nobody tuned falls
-    back to the fastest plan measured at any."""
+    back to the fastest plan measured at any. Where a key has confirmed records (an
+    autotuner's re-timed finalists), only those compete: a search's single lucky sample on a
+    noisy machine does not beat a plan re-timed over several rounds."""
     index: dict[tuple, dict] = {}
     for r in records:
         if r["status"] != "ok":
@@ -136,9 +139,16 @@ def _build_index(records: list[dict]) -> dict[tuple, dict]:
         threads = r.get("threads")
         for t in {threads if isinstance(threads, int) else None, None}:
             k = (r["workload_key"], r["target"]["cpu"], r["target"]["features"], t)
-            if k not in index or r["median_s"] < index[k]["median_s"]:
+            if k not in index or _beats(r, index[k]):
                 index[k] = r
     return index
+
+
+def _beats(record: dict, held: dict) -> bool:
+    confirmed, held_confirmed = record.get("confirmed") is True, held.get("confirmed") is True
+    if confirmed != held_confirmed:
+        return confirmed
+    return record["median_s"] < held["median_s"]
 
 
 def _index(path: Path) -> dict[tuple, dict]:

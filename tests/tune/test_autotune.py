@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ TUNED = ["conv2", "conv3"]
 def tuned(tiny_model, tmp_path_factory) -> tuple[dict, Path]:
     path = tmp_path_factory.mktemp("tune") / "tuning.jsonl"
     results = sparsejit.autotune(tiny_model, budget=3, repeats=3, time_bound=1.0, layers=TUNED,
-                                 log_path=path, progress=False)
+                                 log_path=path, progress=False, finalists=1, rounds=2)
     return results, path
 
 
@@ -47,18 +47,57 @@ def test_autotune_measures_every_candidate_and_logs_it(tuned, tiny_model):
     assert list(results) == TUNED
     default = {n: layer(sparsejit.compile(tiny_model, plans={n: {}}), n) for n in TUNED}
     records = log.read(path)
-    assert len(records) == 3 * len(TUNED)
+    searched = [rec for rec in records if not rec.get("confirmed")]
+    assert len(searched) == 3 * len(TUNED)
     for name, r in results.items():
         assert isinstance(r.plan, DirectConvPlan) and r.speedup > 0
         plan, speedup = r[:2]
         assert (plan, speedup) == (r.plan, r.speedup)
         assert [m.status for m in r.results] == ["ok"] * 3, [m.error for m in r.results]
         assert default[name].kernel == f"direct {r.results[0].plan.variant()}"  # default first
-        assert r.best_s == min(m.median_s for m in r.results)
-        assert r.speedup == pytest.approx(r.default_s / r.best_s)
-        mine = [rec for rec in records if rec["layer"] == name]
+        mine = [rec for rec in searched if rec["layer"] == name]
         assert {rec["workload_key"] for rec in mine} == {default[name].workload_key}
         assert all(rec["status"] == "ok" and len(rec["times"]) == 3 for rec in mine)
+        # the confirmation round: the default and the search's fastest other plan, re-timed
+        fastest_other = min(r.results[1:], key=lambda m: m.median_s).plan
+        assert set(r.confirmed) == {r.results[0].plan, fastest_other}
+        assert r.plan == min(r.confirmed, key=r.confirmed.get)
+        assert r.best_s == r.confirmed[r.plan] and r.default_s == r.confirmed[r.results[0].plan]
+        assert r.speedup == pytest.approx(r.default_s / r.best_s)
+        final = [rec for rec in records if rec.get("confirmed") and rec["layer"] == name]
+        assert len(final) == 2
+        for rec in final:
+            assert len(rec["round_medians"]) == 2 and len(rec["times"]) == 2 * 3
+            assert rec["median_s"] == pytest.approx(float(np.median(rec["round_medians"])))
+            assert rec["median_s"] == r.confirmed[DirectConvPlan(**rec["plan"])]
+
+
+def test_confirmed_records_outrank_a_lucky_search_sample(tuned, tiny_model, tmp_path):
+    results, path = tuned
+    log_path = tmp_path / "lucky.jsonl"
+    log_path.write_text(path.read_text())
+    conv2 = results["conv2"]
+    key = layer(sparsejit.compile(tiny_model), "conv2").workload_key
+    lucky = next(m.plan for m in conv2.results if m.plan not in conv2.confirmed) \
+        if len(conv2.confirmed) < len(conv2.results) else None
+    if lucky is None:  # every searched plan was a finalist: log a new one
+        lucky = replace(conv2.plan, unroll=3)
+    log.append([log.make_record(key, HOST, asdict(lucky), "ok", 1e-9, [1e-9], None, threads=1)],
+               log_path)  # faster than anything, but from one unconfirmed search sample
+    assert DirectConvPlan(**log.best(key, HOST, log_path, threads=1)) == conv2.plan
+    # without confirmed records the fastest sample wins, as before confirmation existed
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(line + "\n" for line in log_path.read_text().splitlines()
+                             if '"confirmed": true' not in line))
+    assert DirectConvPlan(**log.best(key, HOST, plain, threads=1)) == lucky
+
+
+def test_no_finalists_means_the_search_decides(tiny_model, tmp_path):
+    path = tmp_path / "t.jsonl"
+    r = sparsejit.autotune(tiny_model, budget=2, repeats=2, time_bound=1.0, layers=["conv2"],
+                           log_path=path, progress=False, finalists=0)["conv2"]
+    assert r.confirmed == {} and not any(rec.get("confirmed") for rec in log.read(path))
+    assert r.best_s == min(m.median_s for m in r.results)
 
 
 def test_compile_uses_the_log(tuned, tiny_model, x, monkeypatch):
@@ -110,7 +149,7 @@ def test_compile_skips_a_corrupted_log_line_and_a_stale_plan(tuned, tiny_model, 
     lines = path.read_text().splitlines()
     key3 = next(json.loads(line)["workload_key"] for line in lines if '"conv3"' in line)
     stale = log.make_record(key3, HOST, {"rows_per_tile": 1, "warp_size": 32}, "ok", 1e-12, [1e-12],
-                            None)
+                            None, confirmed=True)
     broken = tmp_path / "broken.jsonl"
     broken.write_text("\n".join([lines[0], "{oops", *lines[1:], json.dumps(stale)]) + "\n")
     monkeypatch.setenv("SPARSEJIT_TUNING_LOG", str(broken))
@@ -148,20 +187,25 @@ def test_unknown_layers_and_bad_arguments(tiny_model, tmp_path):
         sparsejit.autotune(tiny_model, layers=["conv3", "conv99"], log_path=tmp_path / "t.jsonl")
     with pytest.raises(InputError, match="budget"):
         sparsejit.autotune(tiny_model, budget=0, log_path=tmp_path / "t.jsonl")
+    for bad in ({"rounds": 0}, {"finalists": -1}):
+        with pytest.raises(InputError, match=next(iter(bad))):
+            sparsejit.autotune(tiny_model, log_path=tmp_path / "t.jsonl", **bad)
     assert not (tmp_path / "t.jsonl").exists()
 
 
 def test_cli_autotune(tiny_path, tmp_path):
     path = tmp_path / "cli.jsonl"
     out = ok(sparsejit_cli("autotune", tiny_path, "--budget", "3", "--repeats", "3",
-                           "--layers", "conv3,conv5a", "--log", path))
+                           "--finalists", "1", "--rounds", "1", "--layers", "conv3,conv5a",
+                           "--log", path))
     lines = out.splitlines()
     assert lines[0].split()[:4] == ["layer", "default", "ms", "best"]
     rows = {line.split()[0]: line.split() for line in lines[2:4]}
     assert set(rows) == {"conv3", "conv5a"}
     for row in rows.values():
         assert row[3].endswith("x") and row[4].startswith(("table_", "unrolled_")) and row[5] == "3/3"
+        assert row[6] == "2"  # the default and the fastest other plan, re-timed
     assert str(path) in out
-    assert len(log.read(path)) == 6
+    assert len(log.read(path)) == 6 + 2 * 2
     fails_cleanly(sparsejit_cli("autotune", tiny_path, "--layers", "pool4", "--log", path),
                   "pool4", "conv3")
