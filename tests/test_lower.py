@@ -118,3 +118,25 @@ def test_a_view_keeps_its_base_buffer_alive():
     model = make_model(nodes, {"x": x}, ["y"], {"w": w})
     cm = compiled_and_checked(model, {"x": x})
     assert kinds(cm)["flat"] == "view (no copy)"
+
+
+def test_pointwise_conv_inputs_get_vector_aligned_rows_unless_viewed():
+    """Rows of a tensor only 1x1 convs read are rounded up to the vector (so each load of the
+    conv is aligned), except a plain tensor a Flatten views (the view needs no copy)."""
+    from sparsejit import targets
+    v = targets.host_target().vector_width
+    size = 3 * v // 2 + 1  # neither a multiple of the vector nor a small flat map
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 4, size, size)).astype(np.float32)
+    w = (rng.standard_normal((4, 4, 1, 1)) * (rng.random((4, 4, 1, 1)) < 0.5)).astype(np.float32)
+    nodes = [oh.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[1, 1]),
+             oh.make_node("Conv", ["p", "w"], ["c1"], name="c1"),
+             oh.make_node("Conv", ["c1", "w"], ["c2"], name="c2"),
+             oh.make_node("Flatten", ["c2"], ["f"], name="flat"),
+             oh.make_node("Conv", ["c2", "w"], ["c3"], name="c3")]
+    model = make_model(nodes, {"x": x}, ["c3", "f"], {"w": w})
+    cm = compiled_and_checked(model, {"x": x})
+    layouts = cm.lowered().layouts
+    assert layouts["p"].row_stride % v == 0 and layouts["c1"].row_stride % v == 0
+    assert layouts["c2"].is_plain  # viewed by the Flatten
+    assert kinds(cm)["flat"] == "view (no copy)"
