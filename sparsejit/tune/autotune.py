@@ -13,7 +13,7 @@ verified one where no run confirmed any.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -117,17 +117,14 @@ def _tune_layer(spec: ConvSpec, key: str, target: Target, threads: int, budget: 
     default = results[0]
     confirmed = _confirm(spec, key, target, threads, repeats, time_bound, path, results,
                          finalists, rounds, progress) if finalists else {}
-    if confirmed:
-        plan = min(confirmed, key=confirmed.get)
-        default_s = confirmed.get(default.plan)
-        speedup = default_s / confirmed[plan] if default_s else None
-        return LayerTuning(plan, speedup, default_s, confirmed[plan], results, confirmed)
-    best = _best(results)
-    default_s = default.median_s if default.status == "ok" else None
-    if best is None:
+    # the confirmed medians where the round ran, else the search's
+    medians = confirmed or {m.plan: m.median_s for m in results if m.status == "ok"}
+    if not medians:
         return LayerTuning(default.plan, None, None, None, results)
-    speedup = default_s / best.median_s if default_s else None
-    return LayerTuning(best.plan, speedup, default_s, best.median_s, results)
+    plan = min(medians, key=medians.get)
+    default_s = medians.get(default.plan)
+    speedup = default_s / medians[plan] if default_s else None
+    return LayerTuning(plan, speedup, default_s, medians[plan], results, confirmed)
 
 
 def _confirm(spec: ConvSpec, key: str, target: Target, threads: int, repeats: int,
@@ -141,6 +138,7 @@ def _confirm(spec: ConvSpec, key: str, target: Target, threads: int, repeats: in
         return {}
     medians: dict[DirectConvPlan, list[float]] = {m.plan: [] for m in chosen}
     samples: dict[DirectConvPlan, list[float]] = {m.plan: [] for m in chosen}
+    last: dict[DirectConvPlan, Measurement] = {}
     bar = tqdm(total=rounds * len(chosen), desc=f"{spec.name} confirm", unit="plan",
                disable=not progress, leave=True)
     for _ in range(rounds):
@@ -150,12 +148,12 @@ def _confirm(spec: ConvSpec, key: str, target: Target, threads: int, repeats: in
             if m.status == "ok":
                 medians[plan].append(m.median_s)
                 samples[plan] += m.times
+                last[plan] = m
     bar.close()
     confirmed = {plan: float(np.median(ms)) for plan, ms in medians.items() if ms}
-    tuning_log.append([tuning_log.make_record(
-        key, target, asdict(plan), "ok", confirmed[plan], samples[plan], None, layer=spec.name,
-        workload=asdict(spec.workload), threads=threads, confirmed=True,
-        round_medians=medians[plan]) for plan in confirmed], path)
+    tuning_log.append([_record(replace(last[plan], median_s=confirmed[plan], times=samples[plan]),
+                               spec, key, target, threads, confirmed=True,
+                               round_medians=medians[plan]) for plan in confirmed], path)
     return confirmed
 
 
@@ -164,8 +162,9 @@ def _best(results: list[Measurement]) -> Measurement | None:
     return min(ok, key=lambda m: m.median_s) if ok else None
 
 
-def _record(m: Measurement, spec: ConvSpec, key: str, target: Target, threads: int) -> dict:
+def _record(m: Measurement, spec: ConvSpec, key: str, target: Target, threads: int,
+            **extra: Any) -> dict:
     return tuning_log.make_record(key, target, asdict(m.plan), m.status, m.median_s, m.times,
                                   m.error, layer=spec.name, workload=asdict(spec.workload),
                                   threads=threads, compile_s=round(m.compile_s, 4),
-                                  calls_per_sample=m.calls_per_sample)
+                                  calls_per_sample=m.calls_per_sample, **extra)

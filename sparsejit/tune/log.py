@@ -3,10 +3,10 @@
 A record is keyed by the layer's workload key (shape, density and nonzero pattern: two layers of
 one shape but different patterns are different workloads) and the target's cpu and features.
 Failures are recorded too, so a log says what was tried; an autotuner's confirmation round
-adds one "confirmed" record per re-timed finalist, which outranks unconfirmed ones. Reading skips, with a warning naming
-the file and line, any line that does not parse or is of another format version; `best` answers
-compile()'s question "is there a tuned plan for this layer?" from an index rebuilt only when the
-file changes.
+adds one "confirmed" record per re-timed finalist, which outranks unconfirmed ones. Reading
+skips, with a warning naming the file and line, any line that does not parse or is of another
+format version; `best` answers compile()'s question "is there a tuned plan for this layer?" from
+an index rebuilt only when the file changes.
 """
 
 from __future__ import annotations
