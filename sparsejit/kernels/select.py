@@ -62,23 +62,40 @@ def accumulator_budget(target: Target) -> int:
     return target.vector_registers - (2 if "+fma" in target.features.split(",") else 4)
 
 
-# An image's first conv (3 input channels, 147-363 taps per output channel): (channels, vectors)
-# blocks, several channels sharing each input load, in the order measured best per register
-# file. 32 registers (AVX-512): 8 x 2, CaffeNet conv1 1.53 ms (0.93x the best dense engine)
-# against 1.50-2.49 ms for 4 x 4, ResNet-50 conv1 1.72 ms against 2.49 for 4 x 6. 16 registers
-# (AVX2, Zen 3): 3 x 4 on CaffeNet conv1 2.98 ms, 4 x 2 3.32, 2 x 5 4.1, 8 x 2 (spilling) 7.8;
+# An image's first conv (3 input channels, 147-363 taps per output channel): (channels,
+# accumulators per channel) blocks, several channels sharing each input load, in the order
+# measured best per register file; first_conv_tile splits the accumulators into rows x vectors.
+# 32 registers (AVX-512): 8 x 2, CaffeNet conv1 1.53 ms (0.93x the best dense engine) against
+# 1.50-2.49 ms for 4 x 4, ResNet-50 conv1 1.72 ms against 2.49 for 4 x 6. 16 registers (AVX2,
+# Zen 3): 3 x 4 on CaffeNet conv1 2.98 ms, 4 x 2 3.32, 2 x 5 4.1, 8 x 2 (spilling) 7.8;
 # ResNet-50 conv1 (64 channels) 4 x 2 3.0-3.3 ms, 2 x 5 3.2.
 FIRST_CONV_BLOCKS = {32: ((8, 2),), 16: ((3, 4), (4, 2))}
 
 
 def first_conv_block(target: Target, channels_per_group: int) -> tuple[int, int] | None:
-    """(channels per block, vectors per row) for a first conv, or None for the general dense
-    blocking: the first measured block that divides the channels and fits the registers
+    """(channels per block, accumulators per channel) for a first conv, or None for the general
+    dense blocking: the first measured block that divides the channels and fits the registers
     (sums, one broadcast per channel and an input vector)."""
     for mb, cb in FIRST_CONV_BLOCKS.get(target.vector_registers, ()):
         if channels_per_group % mb == 0 and mb * cb + mb + 1 <= target.vector_registers:
             return mb, cb
     return None
+
+
+def first_conv_tile(rows: int, vectors: int, accumulators: int) -> tuple[int, int]:
+    """(rows_per_tile, vectors_per_row) for a first conv's `accumulators` per channel: of the
+    splits rows x vectors = accumulators, the one that computes the fewest padded outputs
+    (tiles past the edge), the widest rows among equals. ResNet-50 conv1 (112 wide, 7
+    vectors of 16): 2 rows x 1 vector 1.18 ms against 1.34 for 1 x 2, whose fourth tile is half
+    empty; CaffeNet conv1 (4 vectors) and VGG-16 conv1_1 (14) keep 1 x 2 (2 x 1 1.29 ms on
+    CaffeNet conv1 against 1.20)."""
+    splits = [(rb, accumulators // rb) for rb in range(1, accumulators + 1)
+              if accumulators % rb == 0 and accumulators // rb <= max(1, vectors)
+              and rb <= max(1, rows)]
+    if not splits:
+        return 1, min(accumulators, max(1, vectors))
+    return min(splits, key=lambda t: (-(-rows // t[0]) * -(-vectors // t[1]) * t[0] * t[1],
+                                      -t[1]))
 
 
 def unrolled_fits(nonzeros: int, rows_per_tile: int, vectors_per_row: int) -> bool:
@@ -164,8 +181,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     cg = workload.in_channels // workload.group
     first_conv = first_conv_block(target, mg) if dense and cg <= FEW_INPUT_CHANNELS else None
     if first_conv is not None:
-        mb, cb = first_conv
-        rb, cb = 1, min(cb, vectors)
+        mb, accumulators = first_conv
+        rb, cb = first_conv_tile(workload.tile_rows, vectors, accumulators)
     elif dense:
         mb = next(m for m in (4, 3, 2, 1) if mg % m == 0)
         # the block's weight broadcasts and an input vector need registers beside the sums

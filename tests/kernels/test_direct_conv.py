@@ -277,8 +277,11 @@ def test_first_conv_default_blocks_several_channels(case, target):
     plan = run_case(case, target, seed=17)
     tgt = targets.get(target)
     mb, cb = select.FIRST_CONV_BLOCKS[tgt.vector_registers][0 if case.out_channels % 3 == 0 else -1]
-    vectors = -(-case.workload().out_width // WIDTHS[target])
-    assert (plan.channels_per_block, plan.rows_per_tile, plan.vectors_per_row) == (mb, 1, min(cb, vectors))
+    wl = case.workload()
+    vectors = -(-wl.out_width // WIDTHS[target])
+    assert plan.channels_per_block == mb
+    assert (plan.rows_per_tile, plan.vectors_per_row) == select.first_conv_tile(
+        wl.tile_rows, vectors, cb)
     assert plan.accumulators + mb + 1 <= tgt.vector_registers
     # few taps: unrolled (its code fits), else the table loop
     weights = case.out_channels * case.in_channels * case.kernel[0] * case.kernel[1]

@@ -68,3 +68,17 @@ def test_tile_input_floats_counts_the_halo():
     assert select.tile_input_floats(strided, 2, 1, v) == (2 * 1 + 2 + 1) * (15 * 2 + 2 + 1)
     flat = ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1), flat_stride=9)
     assert select.tile_input_floats(flat, 1, 4, v) == 64 + 2 * 9 + 2
+
+
+@pytest.mark.parametrize("rows, vectors, accumulators, tile", [
+    (112, 7, 2, (2, 1)),    # ResNet-50 conv1: 1 x 2 would leave the 4th tile of a row half empty
+    (55, 4, 2, (1, 2)),     # CaffeNet conv1: 2 x 1 pads a 56th row, 1 x 2 wastes nothing
+    (224, 14, 2, (1, 2)),   # VGG-16 conv1_1: no waste either way, the wider rows
+    (112, 14, 4, (2, 2)),   # AVX2's 4 accumulators over 14 vectors: 1 x 4 pads 2 of 16
+    (1, 1, 2, (1, 1)),      # a single output: no split fits, one accumulator
+    (5, 1, 4, (4, 1)),      # one vector per row: the accumulators go to rows
+])
+def test_first_conv_tile_pads_the_fewest_outputs(rows, vectors, accumulators, tile):
+    assert select.first_conv_tile(rows, vectors, accumulators) == tile
+    rb, cb = tile
+    assert rb <= rows and cb <= vectors
