@@ -82,3 +82,23 @@ def test_first_conv_tile_pads_the_fewest_outputs(rows, vectors, accumulators, ti
     assert select.first_conv_tile(rows, vectors, accumulators) == tile
     rb, cb = tile
     assert rb <= rows and cb <= vectors
+
+
+@pytest.mark.parametrize("wl", [
+    ConvWorkload(64, 112, 112, 128, (3, 3), pads=(1, 1, 1, 1)),    # VGG-16 conv2_1
+    ConvWorkload(64, 224, 224, 64, (3, 3), pads=(1, 1, 1, 1)),     # VGG-16 conv1_2
+    ConvWorkload(256, 56, 56, 64, (1, 1)),
+    ConvWorkload(512, 28, 28, 512, (3, 3), pads=(1, 1, 1, 1)),
+], ids=str)
+def test_sparse_tile_is_near_best_and_takes_the_widest_passes(wl):
+    """A sparse layer's tile is one of the near-best by work, and none of those lets a pass
+    over input channels take more channels within the slice budget."""
+    tgt = targets.get("avx512")
+    plan = select.choose_conv(wl, _weight(wl, 0.1), tgt)
+    vectors = -(-wl.tile_width // 16)
+    near = select._near_best_tiles(wl.tile_rows, vectors, select.accumulator_budget(tgt))
+    assert (plan.rows_per_tile, plan.vectors_per_row) in near
+    cg = wl.in_channels // wl.group
+    def channels(tile):
+        return select.sparse_passes(wl, 0.1, *tile, 16)[0] or cg
+    assert channels((plan.rows_per_tile, plan.vectors_per_row)) == max(map(channels, near))
