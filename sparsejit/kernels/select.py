@@ -143,6 +143,8 @@ PASS_CHANNELS = (16, 32, 64, 128, 256)
 # A pass reloads and stores the tile's partial sums: it needs a few nonzeros per output
 # channel to amortise that (1x1 convs at 10 %: 6 per 64 channels still gained 1.2-1.4x).
 PASS_MIN_ENTRIES = 4
+# A tile whose passes take this many channels is not traded for a narrower one with more.
+PASS_ENOUGH_CHANNELS = 32
 
 
 def tile_input_floats(workload: ConvWorkload, rows: int, vectors: int, v: int) -> int:
@@ -178,13 +180,16 @@ def sparse_passes(workload: ConvWorkload, weight_density: float, rows: int, vect
 
 def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget: int,
                  v: int) -> tuple[int, int]:
-    """A sparse layer's tile: of the near-best tiles, the first whose input slice lets a pass
-    take the most channels. VGG-16 conv2_1 and conv2_2 (112 x 112): 2 x 7 with 32-channel
-    passes 3.32 / 6.67 ms against 3.89 / 7.48 for 3 x 7, whose 73 KB slice left 16 channels."""
+    """A sparse layer's tile: the first near-best tile whose input slice lets a pass take at
+    least PASS_ENOUGH_CHANNELS (or the most any of them allows). AVX-512, VGG-16 conv2_1 and
+    conv2_2 (112 x 112): 2 x 7 with 32-channel passes 3.32 / 6.67 ms against 3.89 / 7.48 for
+    3 x 7, whose 73 KB slice left 16 channels. More channels do not pay for narrower rows:
+    AVX2 conv2_2 with 1 x 14 and 32 channels 7.4 ms, 5 x 2 in one 128-channel pass 9.5."""
     cg = workload.in_channels // workload.group
     tiles = _near_best_tiles(workload.tile_rows, vectors, budget)
     channels = [sparse_passes(workload, weight_density, rb, cb, v)[0] or cg for rb, cb in tiles]
-    return tiles[channels.index(max(channels))]
+    enough = min(PASS_ENOUGH_CHANNELS, max(channels))
+    return next(tile for tile, c in zip(tiles, channels) if c >= enough)
 
 
 def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
