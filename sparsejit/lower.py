@@ -34,7 +34,8 @@ from .codegen.pool import kernel_symbol as pool_symbol
 from .codegen.pool import render_pool
 from .codegen.render import KernelSource
 from .codegen.repack import kernel_symbol as repack_symbol
-from .codegen.repack import render_repack
+from .codegen.repack import render_plane_repack, render_repack
+from .codegen.repack import variant as repack_variant
 from .codegen.schedule import SYMBOL as DRIVER_SYMBOL
 from .codegen.schedule import render_schedule
 from .codegen.softmax import kernel_symbol as softmax_symbol
@@ -48,9 +49,9 @@ from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
 from .kernels import select
 from .kernels.direct_conv import (ConvWorkload, Epilogue, build_pattern, flat_if_it_pays, input_extent,
-                                  output_extent)
+                                  output_extent, plane_output_pads, plane_weights, planes_if_they_pay)
 from .kernels.gemm import GemmWorkload, pack_weights
-from .kernels.layout import Layout
+from .kernels.layout import Layout, PhasePlanes
 from .kernels.lrn import LRNWorkload
 from .kernels.pool import PoolWorkload, pool_lowerable, pool_workload
 from .kernels.reference import run_node
@@ -221,7 +222,32 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
                 continue
             layouts[t] = Layout.padded(c, h, w, tuple(pads.get(t, (0, 0, 0, 0))),
                                        align=v if t in aligned else 1)
+    layouts.update(plane_output_layouts(graph, order, layouts, pads, v))
     return layouts
+
+
+def plane_output_layouts(graph: Graph, order: list[Node], layouts: dict[str, Layout],
+                         pads: dict[str, list[int]], v: int) -> dict[str, Layout]:
+    """Unaligned rows, as long as a phase plane's, for the outputs of strided convs that then
+    run flat over their input's phase planes (kernels/direct_conv.py: planes_if_they_pay) and
+    would not on aligned rows: CaffeNet conv1's 55 x 55 output in rows of 57, not 64. Only for
+    outputs no conv reads, which keep the aligned rows their loads want."""
+    conv_read = {n.inputs[0] for n in order if conv_lowerable(graph, n)}
+    found = {}
+    for node in order:
+        if not conv_lowerable(graph, node) or node.outputs[0] in conv_read:
+            continue
+        wl, t = conv_workload(graph, node), node.outputs[0]
+        if planes_if_they_pay(wl, layouts[t], None, v) is not None:
+            continue
+        grown = plane_output_pads(wl, tuple(pads.get(t, (0, 0, 0, 0))), v)
+        if grown is None:
+            continue
+        lay = layouts[t]
+        narrow = Layout.padded(lay.channels, lay.height, lay.width, grown)
+        if planes_if_they_pay(wl, narrow, None, v) is not None:
+            found[t] = narrow
+    return found
 
 
 def narrow_map_pads(graph: Graph, order: list[Node], tensors: list[str],
@@ -311,7 +337,7 @@ class _Builder:
         in_layout, out_layout = layouts[x], layouts[y]
         residual = node.attrs.get("residual")
         res_layout = layouts[residual] if residual else None
-        src = x
+        src, density, dense_flops = x, select.density(weight), wl.dense_flops
         sub = subsampled(wl)
         if sub is not None:  # a strided 1x1 conv: subsample first, then a stride-1 1x1 conv
             src = f"{node.name}:subsample"
@@ -323,6 +349,14 @@ class _Builder:
             self.scratch[src] = self.images(x) * packed.image_stride
             self.subsample(src, x, in_layout, packed, wl.strides)
             wl, in_layout = sub, packed
+        planar = planes_if_they_pay(wl, out_layout, res_layout, self.target.vector_width)
+        if planar is not None:  # a strided conv: its phase planes first, then a flat stride-1 conv
+            planes, wl = planar
+            weight = plane_weights(weight, planes.stride)
+            src = f"{node.name}:planes"
+            self.scratch[src] = self.images(x) * planes.image_stride
+            self.repack(src, node.op, x, src, in_layout, planes, 0)
+            in_layout = planes.layout
         flat = flattened(wl, in_layout, out_layout)
         if flat is not None and (res_layout is None or res_layout.is_plain):
             wl, in_layout, out_layout = flat
@@ -335,9 +369,9 @@ class _Builder:
         code, tuned = self._conv_code(spec, key)
         plan, pattern = code.plan, code.pattern
         info = LayerInfo(node.name, node.op, f"direct {plan.variant()}" + (" (tuned)" if tuned else ""),
-                         self.shape(x), self.shape(y), select.density(weight), pattern.nonzeros,
+                         self.shape(x), self.shape(y), density, pattern.nonzeros,
                          symbol=code.symbol, opt=plan.codegen_opt,
-                         dense_flops=wl.dense_flops * self.images(x), fused=list(node.fused),
+                         dense_flops=dense_flops * self.images(x), fused=list(node.fused),
                          tuned=tuned, workload_key=key, spec=spec)
         info.source = code.source
         images = self.images(x)
@@ -356,18 +390,23 @@ class _Builder:
         step = st.ActivationKernel(node.name, src, y, None, pattern.blocks, images, flops, residual)
         self._add_kernel(step, info, st.ConvFn)
 
-    def repack(self, name: str, op: str, x: str, out: str, src: Layout, dst: Layout,
+    def repack(self, name: str, op: str, x: str, out: str, src: Layout, dst: Layout | PhasePlanes,
                channel_offset: int) -> None:
         """A kernel copying tensor x (layout src) into `out` (a tensor or a scratch buffer) in
-        layout dst, at a channel offset: a strided conv's packed input, a Concat's input."""
+        layout dst, at a channel offset: a strided conv's packed input or phase planes, a
+        Concat's input."""
         v, tname, images = self.target.vector_width, self.target.name, self.images(x)
         channels = src.channels
-        info = LayerInfo(name, "Repack" if op == "Conv" else op, f"repack p{dst.phases}s{dst.shifts}_v{v}",
+        info = LayerInfo(name, "Repack" if op == "Conv" else op, f"repack {repack_variant(dst, v)}",
                          self.shape(x), self.shape(out) if out in self.graph.values else (),
                          symbol=repack_symbol(name, dst, v))
-        info.source = KernelSource(
-            lambda: render_repack(name, channels, src, dst, channel_offset, v, tname),
-            "repack", name, channels, src, dst, channel_offset, v, tname)
+        if isinstance(dst, PhasePlanes):
+            info.source = KernelSource(lambda: render_plane_repack(name, src, dst, v, tname),
+                                       "repack planes", name, src, dst, v, tname)
+        else:
+            info.source = KernelSource(
+                lambda: render_repack(name, channels, src, dst, channel_offset, v, tname),
+                "repack", name, channels, src, dst, channel_offset, v, tname)
         step = st.ActivationKernel(name, x, out, None, channels, images,
                                    channels * src.height * src.width * images,
                                    into_scratch=out not in self.graph.values)

@@ -53,7 +53,7 @@ def _flat_map_size(vector_width: int) -> int:
 def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
     """A residual block on a small map (a strided conv into it, 3x3 and 1x1 convs, a fused Add,
     a strided 1x1 shortcut, a global pool after): every tensor of the map gets the same padded
-    rows, so the stride-1 convs and the subsampled shortcut run as flat runs."""
+    rows, so the stride-1 convs, the subsampled shortcut and the strided conv run as flat runs."""
     from sparsejit import targets
     size = _flat_map_size(targets.host_target().vector_width)
     rng = np.random.default_rng(batch)
@@ -76,7 +76,8 @@ def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
     cm = compiled_and_checked(model, {"x": x})
     flat = {i.name: i.spec.workload.flat_stride for i in cm.lowered().layers if i.spec is not None}
     assert flat["conv3x3"] == flat["conv1x1"] == flat["shortcut"] == size + 2, flat
-    assert flat["down"] == 0  # strided: rows of phases, not a flat run
+    # strided: a flat run too, over its input's phase planes, rows as far apart as the map's
+    assert flat["down"] == size + 2 and "down:planes" in kinds(cm), flat
 
 
 def test_concat_copies_into_the_output_and_flatten_is_a_view():
@@ -140,3 +141,45 @@ def test_pointwise_conv_inputs_get_vector_aligned_rows_unless_viewed():
     assert layouts["p"].row_stride % v == 0 and layouts["c1"].row_stride % v == 0
     assert layouts["c2"].is_plain  # viewed by the Flatten
     assert kinds(cm)["flat"] == "view (no copy)"
+
+
+def _plane_case(kernel: int, stride: int, out: int, pads: int, density: float, seed: int):
+    """A strided conv with an out x out output, input sized for it, weights at `density`."""
+    rng = np.random.default_rng(seed)
+    size = (out - 1) * stride + kernel - 2 * pads
+    x = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+    w = rng.standard_normal((12, 3, kernel, kernel)).astype(np.float32)
+    w *= rng.random(w.shape) < density
+    return x, w
+
+
+@pytest.mark.parametrize("kernel, stride, out, pads, density", [
+    (11, 4, 7, 0, 1.0),  # CaffeNet conv1's kernel and stride on a small image
+    (3, 2, 7, 1, 0.1),  # ResNet-50 layer4.0.conv2
+    (3, 2, 7, 1, 0.0),
+    (5, 3, 5, 2, 0.3),
+    (4, 2, 6, 1, 1.0),  # kernel a multiple of the stride: no padded taps
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_conv_runs_flat_over_its_phase_planes(kernel, stride, out, pads, density, threads):
+    """A strided conv whose flat run over its input's phase planes saves vectors (16 lanes: a
+    7 x 7 output is 4 vectors flat, 7 as rows) repacks into planes, runs flat, and its output
+    (a graph output, read by no conv) gets rows as long as a plane row."""
+    x, w = _plane_case(kernel, stride, out, pads, density, seed=kernel + out)
+    model = node_model("Conv", {"x": x}, {"w": w}, strides=[stride, stride], pads=[pads] * 4)
+    cm = compiled_and_checked(model, {"x": x}, threads=threads)
+    k = kinds(cm)
+    if cm.target.vector_width != 16:
+        return  # 7 x 7 on 8 lanes is 7 vectors either way: planes do not pay (checked below)
+    assert k["conv_node:planes"].startswith(f"repack planes{stride}"), k
+    assert "conv_node:pack" not in k
+
+
+def test_phase_planes_only_where_they_save_vectors():
+    """A 14 x 14 output is one vector per row either way: the column-phase pack stays."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 8, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * (rng.random((8, 8, 3, 3)) < 0.2)
+    model = node_model("Conv", {"x": x}, {"w": w}, strides=[2, 2], pads=[1, 1, 1, 1])
+    k = kinds(compiled_and_checked(model, {"x": x}))
+    assert "conv_node:planes" not in k and k["conv_node:pack"].startswith("repack p2"), k

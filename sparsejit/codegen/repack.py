@@ -1,8 +1,9 @@
 """Render a repack kernel: copy an activation from one layout into another (no LLVM calls here).
 
-Two data movements use it: a strided conv packing its (phases 1) input into its phase-split,
-possibly shifted-copies layout, and Concat copying an input's channels into the output at a
-channel offset. The kernel does what `dst.write(buffer, src.read(buffer, n))` does.
+Three data movements use it: a strided conv packing its (phases 1) input into its phase-split,
+possibly shifted-copies layout or into its S x S phase planes (layout.PhasePlanes: row phases
+too), and Concat copying an input's channels into the output at a channel offset. The kernel
+does what `dst.write(buffer, src.read(buffer, n))` does.
 
 Blocks run along the destination phase rows: block b holds positions q in [b*V, b*V + V) of
 every phase p, whose source columns are x = q*S + p - pad_left. For one b these are the S*V
@@ -17,12 +18,19 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ..kernels.layout import Layout
+from ..kernels.layout import Layout, PhasePlanes
 from .render import render, symbol
 
 
-def kernel_symbol(layer: str, dst: Layout, vector_width: int) -> str:
-    return symbol("sj_repack", layer, f"p{dst.phases}s{dst.shifts}_v{vector_width}")
+def kernel_symbol(layer: str, dst: Layout | PhasePlanes, vector_width: int) -> str:
+    return symbol("sj_repack", layer, variant(dst, vector_width))
+
+
+def variant(dst: Layout | PhasePlanes, vector_width: int) -> str:
+    """p2s1_v16: 2 column phases, 1 copy; planes2_v16: 2 x 2 phase planes."""
+    if isinstance(dst, PhasePlanes):
+        return f"planes{dst.stride}_v{vector_width}"
+    return f"p{dst.phases}s{dst.shifts}_v{vector_width}"
 
 
 def block_columns(dst: Layout, vector_width: int, block: int) -> range:
@@ -66,7 +74,7 @@ def mask_text(mask: list[bool]) -> str:
 
 def store_offset(dst: Layout, vector_width: int, phase: int, copy: int, block: int = 0) -> int:
     """Float offset, from copy 0's row start, of (phase, copy)'s position block*V in the row."""
-    return copy * dst.shift_stride - copy + phase * dst.phase_width + block * vector_width
+    return copy * dst.shift_stride - copy + phase * dst.phase_step + block * vector_width
 
 
 def edge_block(width: int, dst: Layout, vector_width: int, block: int) -> SimpleNamespace:
@@ -84,19 +92,42 @@ def render_repack(layer: str, channels: int, src: Layout, dst: Layout, dst_chann
                   vector_width: int, target_name: str) -> str:
     """`void NAME(ptr in, ptr out, ptr unused, i64 n0, i64 n1, i64 c0, i64 c1)`: images
     [n0, n1), source channels [c0, c1) copied to destination channels dst_channel_offset + c."""
-    assert src.phases == 1 and src.shifts == 1, src
     assert (src.height, src.width) == (dst.height, dst.width), (src, dst)
     assert channels <= src.channels and dst_channel_offset + channels <= dst.channels, (src, dst)
+    rows = SimpleNamespace(phases=1, out_row=dst.row_stride, pad_top=0, phase_step=0,
+                           channel_offset=dst_channel_offset)
+    origin = dst_channel_offset * dst.channel_stride + dst.pad_top * dst.row_stride
+    return _render(layer, channels, src, dst, dst.channel_stride, origin, rows, vector_width,
+                   target_name)
+
+
+def render_plane_repack(layer: str, src: Layout, planes: PhasePlanes, vector_width: int,
+                        target_name: str) -> str:
+    """The same signature: source channels [c0, c1) of images [n0, n1) into their phase planes
+    (padded row j goes to row phase j % S, plane row j // S)."""
+    assert (src.height, src.width, src.channels) == (planes.height, planes.width, planes.channels)
+    s, lay = planes.stride, planes.layout
+    rows = SimpleNamespace(phases=s, out_row=lay.row_stride, pad_top=planes.pad_top,
+                           phase_step=s * lay.channel_stride, channel_offset=0)
+    return _render(layer, src.channels, src, planes, s * s * lay.channel_stride, 0, rows,
+                   vector_width, target_name)
+
+
+def _render(layer: str, channels: int, src: Layout, dst, out_ch: int, out_origin: int,
+            rows: SimpleNamespace, vector_width: int, target_name: str) -> str:
+    """`dst` is a Layout or PhasePlanes (its column phases, pad_left and copies); `rows` says
+    where source row y goes: y * out_row, or with row phases j = y + pad_top to
+    (j % phases) * phase_step + (j // phases) * out_row."""
+    assert src.phases == 1 and src.shifts == 1, src
     v, s, w = vector_width, dst.phases, src.width
     blocks, fast = block_range(w, dst, v), unmasked_blocks(w, dst, v)
     k = SimpleNamespace(
         name=kernel_symbol(layer, dst, v), target=target_name, src=src, dst=dst,
-        channels=channels, offset=dst_channel_offset,
-        V=v, S=s, SV=s * v, H=src.height, W=w,
+        channels=channels, offset=rows.channel_offset, V=v, S=s, SV=s * v, H=src.height, W=w,
         in_img=src.image_stride, in_ch=src.channel_stride, in_row=src.row_stride,
         in_origin=src.pad_top * src.row_stride + src.pad_left,
-        out_img=dst.image_stride, out_ch=dst.channel_stride, out_row=dst.row_stride,
-        out_origin=dst_channel_offset * dst.channel_stride + dst.pad_top * dst.row_stride,
+        out_img=dst.image_stride, out_ch=out_ch, out_row=rows.out_row, out_origin=out_origin,
+        row_phases=rows.phases, row_phase_step=rows.phase_step, pad_top=rows.pad_top,
         fast_lo=fast.start, fast_hi=fast.stop, fast_col=-dst.pad_left,
         prefix=[edge_block(w, dst, v, b) for b in blocks if b < fast.start],
         suffix=[edge_block(w, dst, v, b) for b in blocks if b >= fast.stop],

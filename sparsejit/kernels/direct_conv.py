@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .layout import Layout, round_up
+from .layout import Layout, PhasePlanes, round_up
 
 
 @dataclass(frozen=True)
@@ -317,3 +317,95 @@ def origin(workload: ConvWorkload, layout: Layout) -> int:
         assert (layout.pad_top, layout.pad_left) == (top, left), "packed input must be exact"
         return 0
     return (layout.pad_top - top) * layout.row_stride + (layout.pad_left - left)
+
+
+# Phase planes are worth it when the flat run over them needs at most this share of the vectors
+# that row tiles need. CaffeNet conv1 (55 x 55 output, 11x11 s4): 196 vectors against 220
+# (0.89), 1.09-1.16x faster; ResNet-50 layer4.0.conv2 (7 x 7, 3x3 s2): 4 against 7, 2x
+# (kernels alone, `tune.measure`, Xeon). Where the share is 1 (14 x 14 and 28 x 28 outputs on
+# aligned rows) they were 1.24x faster and 1.8x slower: not taken.
+PLANES_MAX_VECTOR_SHARE = 0.9
+
+
+def plane_conv(workload: ConvWorkload, row_stride: int) -> tuple[PhasePlanes, ConvWorkload] | None:
+    """A conv with strides (S, S), S > 1, as a stride-1 conv over its input's S x S phase planes
+    (layout.PhasePlanes) whose rows are `row_stride` floats apart: input channel c's plane
+    (r % S, s % S) holds the taps (r, s), at tap (r // S, s // S) of a ceil(K / S) kernel. None
+    when that does not apply (unequal strides, dilations, 1x1 kernels: `subsampled` in lower.py
+    takes those) or the rows are too short for the planes."""
+    (sh, sw), (kh, kw) = workload.strides, workload.kernel
+    if sh != sw or sh == 1 or workload.dilations != (1, 1) or workload.kernel == (1, 1):
+        return None
+    s = sh
+    kp = (-(-kh // s), -(-kw // s))
+    oh, ow = workload.out_height, workload.out_width
+    top, left = workload.pads[0], workload.pads[1]
+    if row_stride < plane_row_floats(workload):
+        return None
+    rows = max(oh + kp[0] - 1, -(-(workload.height + top) // s))
+    channels = workload.in_channels * s * s
+    layout = Layout(channels, oh + kp[0] - 1, ow + kp[1] - 1, rows=rows, phase_width=row_stride)
+    planes = PhasePlanes(workload.in_channels, workload.height, workload.width, top, left, s, layout)
+    conv = ConvWorkload(channels, oh + kp[0] - 1, ow + kp[1] - 1, workload.out_channels, kp,
+                        group=workload.group)
+    assert (conv.out_height, conv.out_width) == (oh, ow), (workload, conv)
+    return planes, conv
+
+
+def plane_row_floats(workload: ConvWorkload) -> int:
+    """The shortest plane row of a strided conv's phase planes: the plane conv's input width,
+    and room for every source column."""
+    s, kw = workload.strides[1], workload.kernel[1]
+    return max(workload.out_width + -(-kw // s) - 1, -(-(workload.width + workload.pads[1]) // s))
+
+
+def plane_weights(weight: np.ndarray, stride: int) -> np.ndarray:
+    """Weights [M, C/G, R, S] of a stride-S conv as those of its plane conv [M, C/G * S*S,
+    ceil(R/S), ceil(S/S)]: plane (c * S + r % S) * S + s % S, tap (r // S, s // S)."""
+    m, cg, kh, kw = weight.shape
+    s = stride
+    out = np.zeros((m, cg, s, s, -(-kh // s), -(-kw // s)), np.float32)
+    for rp in range(s):
+        for cp in range(s):
+            taps = weight[:, :, rp::s, cp::s]
+            out[:, :, rp, cp, :taps.shape[2], :taps.shape[3]] = taps
+    return out.reshape(m, cg * s * s, out.shape[4], out.shape[5])
+
+
+def planes_if_they_pay(workload: ConvWorkload, out_layout: Layout, residual: Layout | None,
+                       vector_width: int) -> tuple[PhasePlanes, ConvWorkload] | None:
+    """(planes, the flat run over them) for a strided conv whose output rows are far enough
+    apart to run flat over its phase planes, when that needs clearly fewer vectors than tiling
+    the output's rows; else None."""
+    if out_layout.phases != 1 or out_layout.shifts != 1:
+        return None
+    planar = plane_conv(workload, out_layout.row_stride)
+    if planar is None:
+        return None
+    planes, conv = planar
+    run = flat_rows(conv, planes.layout, out_layout, residual, vector_width)
+    if run is None:
+        return None
+    v = vector_width
+    rows_vectors = workload.out_height * -(-workload.out_width // v)
+    if -(-run.tile_width // v) > PLANES_MAX_VECTOR_SHARE * rows_vectors:
+        return None
+    return planes, run
+
+
+def plane_output_pads(workload: ConvWorkload, pads: tuple[int, ...], vector_width: int
+                      ) -> tuple[int, int, int, int] | None:
+    """`pads` around a strided conv's output grown (right, then bottom) just enough for a flat
+    run over its phase planes: rows as long as a plane row, and room after the last row for the
+    run's last vector. None when the conv has no plane form."""
+    width = plane_row_floats(workload)
+    if plane_conv(workload, width) is None:
+        return None
+    top, left, bottom, right = pads
+    oh, ow = workload.out_height, workload.out_width
+    right = max(right, width - ow - left)
+    stride = ow + left + right
+    run = (oh - 1) * stride + ow
+    while (oh + top + bottom) * stride < round_up(run, vector_width):
+        bottom += 1
+    return top, left, bottom, right

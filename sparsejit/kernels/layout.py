@@ -69,6 +69,11 @@ class Layout:
         return self.phases * self.phase_width
 
     @property
+    def phase_step(self) -> int:
+        """Floats from column phase p of a row to phase p + 1."""
+        return self.phase_width
+
+    @property
     def channel_stride(self) -> int:
         return self.rows * self.row_stride
 
@@ -159,3 +164,71 @@ class Layout:
             for n in range(batch):
                 out[n, :, :, col] = flat[n * self.image_stride + idx].T
         return out
+
+
+@dataclass(frozen=True)
+class PhasePlanes:
+    """A padded image split into S x S phase planes, each plane its own channel of a plain
+    `layout`: padded position (c, j, i) lives in channel (c * S + j % S) * S + i % S at row
+    j // S, column i // S. A conv with strides (S, S) over the padded image is a stride-1 conv
+    over these planes (kernels/direct_conv.py: `plane_conv`), so its output plane can run flat.
+    The planes hold every source row and column; pads and positions past the padded image are
+    never written and stay zero."""
+
+    channels: int
+    height: int
+    width: int
+    pad_top: int
+    pad_left: int
+    stride: int
+    layout: Layout  # channels * stride**2 planes, phases 1
+
+    def __post_init__(self) -> None:
+        s, lay = self.stride, self.layout
+        assert lay.channels == self.channels * s * s and lay.phases == 1 and lay.shifts == 1, self
+        assert lay.is_plain or (lay.pad_top == 0 and lay.pad_left == 0), self
+        assert lay.rows * s >= self.height + self.pad_top, self
+        assert lay.phase_width * s >= self.width + self.pad_left, self
+
+    # what the repack kernel needs: column phase p of a row is stored `phase_step` floats on
+    @property
+    def phases(self) -> int:
+        return self.stride
+
+    @property
+    def shifts(self) -> int:
+        return 1
+
+    @property
+    def shift_stride(self) -> int:
+        return 0
+
+    @property
+    def phase_step(self) -> int:
+        """Floats from column phase p's plane to phase p + 1's."""
+        return self.layout.channel_stride
+
+    @property
+    def image_stride(self) -> int:
+        return self.layout.image_stride
+
+    def write(self, flat: np.ndarray, x: np.ndarray) -> None:
+        """Copy NCHW `x` (C channels) into the planes (source positions only; pads untouched)."""
+        s, lay = self.stride, self.layout
+        item = flat.itemsize
+        # the buffer as (N, C, row phase, column phase, plane rows, plane columns)
+        v6 = np.lib.stride_tricks.as_strided(
+            flat, shape=(x.shape[0], self.channels, s, s, lay.rows, lay.phase_width),
+            strides=(lay.image_stride * item, s * s * lay.channel_stride * item,
+                     s * lay.channel_stride * item, lay.channel_stride * item,
+                     lay.row_stride * item, item))
+        for rp in range(s):
+            y0 = (rp - self.pad_top) % s  # first source row with that row phase
+            a0 = (y0 + self.pad_top) // s
+            rows = len(range(y0, self.height, s))
+            for cp in range(s):
+                x0 = (cp - self.pad_left) % s
+                b0 = (x0 + self.pad_left) // s
+                cols = len(range(x0, self.width, s))
+                if rows and cols:
+                    v6[:, :, rp, cp, a0:a0 + rows, b0:b0 + cols] = x[:, :, y0::s, x0::s]

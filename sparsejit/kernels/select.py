@@ -51,6 +51,15 @@ def density(weight: np.ndarray) -> float:
     return float(np.count_nonzero(weight)) / max(1, weight.size)
 
 
+def used_tap_density(weight: np.ndarray) -> float:
+    """Density over the (input channel, tap) positions some output channel uses: what decides
+    dense blocking, as positions no channel uses are in no offset list. A strided conv over its
+    phase planes (direct_conv.plane_weights) has taps no channel uses (a 3x3 kernel padded to
+    2 x 2 taps of 2 x 2 planes: 9 of 16) and stays as dense as the conv it computes."""
+    used = np.any(weight.reshape(weight.shape[0], -1) != 0, axis=0)
+    return float(np.count_nonzero(weight)) / max(1, weight.shape[0] * int(np.count_nonzero(used)))
+
+
 def accumulator_budget(target: Target) -> int:
     """Vector registers a kernel may hold accumulators in: the rest holds the loaded input
     vectors and the broadcast weights."""
@@ -196,7 +205,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                 override: dict | None = None, layer: str = "") -> DirectConvPlan:
     """The default direct-conv plan for this layer on this target, with `override` applied."""
     v = target.vector_width
-    dense = density(weight) >= DENSE_THRESHOLD
+    dense = used_tap_density(weight) >= DENSE_THRESHOLD
     vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group

@@ -16,7 +16,9 @@ import pytest
 
 from sparsejit import targets
 from sparsejit.kernels import select
-from sparsejit.kernels.direct_conv import ConvWorkload, flat_pays, flat_rows, tails_into_padding
+from sparsejit.kernels.direct_conv import (ConvWorkload, flat_pays, flat_rows, plane_conv, plane_row_floats,
+                                          plane_weights, tails_into_padding)
+from sparsejit.kernels.reference import conv2d
 from sparsejit.kernels.layout import Layout
 
 from .conv_harness import ConvCase, run_case, runnable_targets, with_plan
@@ -289,3 +291,45 @@ def test_first_conv_default_blocks_several_channels(case, target):
     assert plan.form == ("unrolled" if fits else "table")
     odd = run_case(replace(case, out_channels=7), target, seed=18)
     assert odd.channels_per_block == 1
+
+
+PLANE_CONVS = [
+    # (batch, channels, height, width, out channels, kernel, stride, pads, group)
+    (1, 3, 35, 35, 4, (11, 11), 4, (0, 0, 0, 0), 1),  # CaffeNet conv1, smaller image
+    (2, 4, 14, 14, 6, (3, 3), 2, (1, 1, 1, 1), 1),  # ResNet-50 layer4.0.conv2
+    (1, 3, 29, 30, 5, (7, 7), 2, (3, 3, 3, 3), 1),  # ResNet-50 stem, smaller, uneven
+    (1, 4, 13, 11, 4, (2, 5), 3, (1, 0, 2, 2), 2),  # unequal kernel and pads, groups
+    (1, 2, 9, 9, 3, (4, 4), 2, (0, 1, 1, 0), 1),  # kernel a multiple of the stride
+    (1, 1, 5, 5, 1, (5, 5), 5, (0, 0, 0, 0), 1),  # one output, one tap per plane
+]
+
+
+@pytest.mark.parametrize("case", PLANE_CONVS, ids=str)
+def test_a_strided_conv_is_a_stride_1_conv_over_its_phase_planes(case):
+    """numpy: the planes that PhasePlanes.write fills, convolved (stride 1, no pads) with
+    plane_weights, are the strided conv of the image; positions past the image stay zero."""
+    n, c, h, w, m, kernel, s, pads, group = case
+    rng = np.random.default_rng(h * w)
+    wl = ConvWorkload(c, h, w, m, kernel, (s, s), pads, group=group)
+    planes, conv = plane_conv(wl, plane_row_floats(wl) + 3)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    weight = rng.standard_normal((m, c // group, *kernel)).astype(np.float32)
+    weight *= rng.random(weight.shape) < 0.6
+    buf = np.zeros(n * planes.image_stride, np.float32)
+    planes.write(buf, x)
+    assert np.count_nonzero(buf) == np.count_nonzero(x)  # every source float once, nothing else
+    got = conv2d(np.array(planes.layout.read(buf, n)), plane_weights(weight, s), None, (1, 1),
+                 (0, 0, 0, 0), (1, 1), group)
+    want = conv2d(x, weight, None, (s, s), pads, (1, 1), group)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.count_nonzero(plane_weights(weight, s)) == np.count_nonzero(weight)
+
+
+def test_plane_conv_needs_equal_strides_and_long_enough_rows():
+    wl = ConvWorkload(3, 35, 35, 4, (11, 11), (4, 4))
+    assert plane_conv(wl, plane_row_floats(wl) - 1) is None
+    assert plane_conv(replace(wl, strides=(4, 2)), 64) is None
+    assert plane_conv(replace(wl, strides=(1, 1)), 64) is None
+    assert plane_conv(replace(wl, dilations=(2, 2)), 64) is None
+    assert plane_conv(ConvWorkload(3, 14, 14, 4, (1, 1), (2, 2)), 64) is None  # subsampled instead

@@ -12,11 +12,12 @@ from sparsejit.codegen.repack import (
     block_range,
     kernel_symbol,
     lane_masks,
+    render_plane_repack,
     render_repack,
     unmasked_blocks,
 )
-from sparsejit.kernels.direct_conv import ConvWorkload
-from sparsejit.kernels.layout import Layout
+from sparsejit.kernels.direct_conv import ConvWorkload, plane_conv, plane_row_floats
+from sparsejit.kernels.layout import Layout, PhasePlanes
 from sparsejit.runtime.steps import ConvFn
 
 from .conv_harness import SENTINEL, GuardedBuffer, runnable_targets
@@ -166,3 +167,61 @@ def test_wide_rows_take_the_unmasked_loop():
     assert unmasked_blocks(56, dst, 8) == range(1, 3)
     ir = render_repack("case", 256, Layout.padded(256, 56, 56), dst, 0, 8, "avx2")
     assert "\nfast:" in ir and "unmasked [1, 3)" in ir
+
+
+def run_plane_repack(src: Layout, planes: PhasePlanes, batch: int, target_name: str,
+                     images=None, channels=None, seed: int = 0) -> None:
+    """The generated planes repack against PhasePlanes.write: NaN source pads, a guard page
+    after the source, a sentinel everywhere the planes of other images / channels lie."""
+    images, channels = images or (0, batch), channels or (0, src.channels)
+    tgt = targets.get(target_name)
+    v = tgt.vector_width
+    ir = render_plane_repack("case", src, planes, v, tgt.name)
+    obj, _ = llvm.compile_object(ir, tgt, 2)
+    lib = llvm.CodeLibrary(tgt)
+    lib.add_object(obj)
+    lib.finalize()
+    fn = ConvFn(lib.address(kernel_symbol("case", planes, v)))
+    x = np.random.default_rng(seed).standard_normal(
+        (batch, src.channels, src.height, src.width)).astype(np.float32)
+    src_buf = GuardedBuffer((batch - 1) * src.image_stride + src.channels * src.channel_stride)
+    src_buf.array[:] = np.nan
+    src.write(src_buf.array, x)
+    dst_buf = GuardedBuffer(batch * planes.image_stride)
+    dst_buf.array[:] = SENTINEL
+    fn(src_buf.array.ctypes.data, dst_buf.array.ctypes.data, None, *images, *channels)
+    written = np.full(batch * planes.image_stride, SENTINEL, np.float32)
+    planes.write(written, x)
+    expected = np.full_like(written, SENTINEL)
+    per_channel = planes.stride ** 2 * planes.layout.channel_stride
+    for i in range(*images):
+        lo = i * planes.image_stride + channels[0] * per_channel
+        hi = i * planes.image_stride + channels[1] * per_channel
+        expected[lo:hi] = written[lo:hi]
+    bad = np.flatnonzero(dst_buf.array != expected)
+    assert bad.size == 0, (f"{bad.size} floats differ, first at {bad[:8].tolist()}: {src} -> "
+                           f"{planes} images {images} channels {channels} on {target_name}")
+    del lib
+
+
+PLANE_CONVS = [
+    # (channels, height, width, kernel, stride, pads, producer pads, extra row floats)
+    (3, 35, 35, (11, 11), 4, (0, 0, 0, 0), (0, 0, 0, 0), 0),  # CaffeNet conv1, smaller image
+    (3, 227, 227, (11, 11), 4, (0, 0, 0, 0), (0, 0, 0, 0), 0),  # CaffeNet conv1
+    (5, 14, 14, (3, 3), 2, (1, 1, 1, 1), (1, 1, 1, 1), 1),  # ResNet-50 layer4.0.conv2
+    (2, 13, 13, (3, 3), 2, (1, 1, 1, 1), (0, 0, 0, 0), 16),
+    (2, 29, 30, (7, 7), 2, (3, 3, 3, 3), (0, 2, 1, 0), 0),
+    (2, 11, 40, (5, 5), 3, (2, 1, 0, 2), (0, 0, 0, 0), 5),
+]
+
+
+@pytest.mark.parametrize("target_name", TARGETS)
+@pytest.mark.parametrize("conv", PLANE_CONVS, ids=str)
+def test_the_phase_planes_of_strided_convs(conv, target_name):
+    c, h, w, kernel, s, pads, producer_pads, extra = conv
+    v = targets.get(target_name).vector_width
+    wl = ConvWorkload(c, h, w, 8, kernel, (s, s), pads)
+    planes, _ = plane_conv(wl, plane_row_floats(wl) + extra)
+    src = Layout.padded(c, h, w, producer_pads, align=v)
+    run_plane_repack(src, planes, 2, target_name)
+    run_plane_repack(src, planes, 3, target_name, images=(1, 3), channels=(1, c))
