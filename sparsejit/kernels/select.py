@@ -149,9 +149,14 @@ def _near_best_tiles(rows: int, vectors: int, budget: int) -> list[tuple[int, in
 # layer4.1.conv1 at 7x7 128-256 channels 1.2-1.4x); 2x the slice: 0.8x).
 PASS_SLICE_BYTES = 64 * 1024
 PASS_CHANNELS = (16, 32, 64, 128, 256)
-# A pass reloads and stores the tile's partial sums: it needs a few nonzeros per output
-# channel to amortise that (1x1 convs at 10 %: 6 per 64 channels still gained 1.2-1.4x).
-PASS_MIN_ENTRIES = 4
+# A pass reloads and stores the tile's partial sums: it needs enough nonzeros per output
+# channel to amortise that. 1x1 convs at 10 %: on the Xeon of sessions 5-7, 64-channel passes
+# (6 nonzeros) gained 1.2-1.4x over one pass; on AMD Zen 4, whose zmm stores take two cycles,
+# 128-channel ones (12) are faster still: ResNet-50's 25 pointwise convs 1.12x (1.16x on 2
+# threads), the network 1.05x, GoogLeNet's 28 1.09x (in-process A/B, 7 interleaved rounds).
+# 24 changed 3x3 layers' tiles too (VGG-16 conv2_x 0.91-0.94x); 12 changes no 3x3 plan of the
+# built-in models. Not re-measured on the Xeon.
+PASS_MIN_ENTRIES = 12
 # A tile whose passes take this many channels is not traded for a narrower one with more.
 PASS_ENOUGH_CHANNELS = 32
 

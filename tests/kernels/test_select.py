@@ -33,6 +33,13 @@ def test_sparse_passes_keep_the_slice_within_budget(wl):
     channels = plan.channel_chunk or wl.in_channels
     slice_bytes = 4 * select.tile_input_floats(wl, plan.rows_per_tile, plan.vectors_per_row,
                                                plan.vector_width)
+    taps = wl.kernel[0] * wl.kernel[1]
+    fitting = [c for c in select.PASS_CHANNELS if c * slice_bytes <= select.PASS_SLICE_BYTES]
+    if plan.channel_chunk and plan.channel_chunk not in fitting:
+        # grown past the slice budget only because a smaller pass had too few nonzeros
+        assert 0.1 * taps * plan.channel_chunk / 2 < select.PASS_MIN_ENTRIES * 1.1
+        assert plan.channel_chunk / 2 >= (fitting[-1] if fitting else select.PASS_CHANNELS[0])
+        return
     # the largest measured pass size whose slice fits, unless even the smallest does not
     assert channels * slice_bytes <= select.PASS_SLICE_BYTES or channels == select.PASS_CHANNELS[0]
     if plan.channel_chunk:
@@ -42,12 +49,14 @@ def test_sparse_passes_keep_the_slice_within_budget(wl):
 
 
 def test_sparse_passes_grow_until_they_have_entries():
+    """ResNet-50 layer3.1.conv1 (1x1, 14 x 14): 64 channels fit the slice budget; at 30 %
+    they hold enough nonzeros, at 10 % the pass doubles, at 1 % no pass can: one pass."""
     wl = ConvWorkload(1024, 14, 14, 256, (1, 1))
     tgt = targets.get("avx512")
-    at_10 = select.choose_conv(wl, _weight(wl, 0.10), tgt).channel_chunk
-    at_1 = select.choose_conv(wl, _weight(wl, 0.01), tgt).channel_chunk
-    assert at_1 * 0.01 >= select.PASS_MIN_ENTRIES or at_1 == 0
-    assert at_1 > at_10 > 0
+    at_30, at_10, at_1 = (select.choose_conv(wl, _weight(wl, d), tgt).channel_chunk
+                          for d in (0.30, 0.10, 0.01))
+    assert at_30 == 64 and at_10 == 128 and at_1 == 0
+    assert at_10 * 0.10 >= select.PASS_MIN_ENTRIES > at_30 * 0.10  # 64 at 10 %: too few
 
 
 def test_one_vector_of_outputs_and_grouped_single_pass_keep_blocks_outside():
