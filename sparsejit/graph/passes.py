@@ -86,11 +86,19 @@ def _conv_feeding(graph: Graph, node: Node, tensor: str) -> Node | None:
 
 
 def _conv_params(graph: Graph, conv: Node) -> tuple[np.ndarray, np.ndarray]:
-    """The conv's weight and bias (zeros if it has none), in float64 for folding."""
+    """The conv's weight, in at least float32, and bias (zeros if it has none) in float64, for
+    folding. The weight is not widened to float64: a float32 product of it and a float32
+    scale is within an ulp of the float64 one rounded, and converting ResNet-50's 25 M weights
+    to float64 and back took a quarter of a warm compile (0.25 of 0.87 s)."""
     w = graph.const(conv.inputs[1])
     b = graph.const(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
     b = np.zeros(w.shape[0]) if b is None else b
-    return w.astype(np.float64), b.astype(np.float64)
+    return w.astype(np.promote_types(w.dtype, np.float32), copy=False), b.astype(np.float64)
+
+
+def _per_out_channel(w: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """`w` [M, ...] times the per-output-channel factors `v` [M], in w's dtype."""
+    return w * v.astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 1))
 
 
 def _set_conv_params(
@@ -125,7 +133,7 @@ def fold_batchnorm(graph: Graph) -> None:
         w, b = _conv_params(graph, conv)
         s = scale / np.sqrt(var + bn.attrs["epsilon"])
         dtype = graph.const(conv.inputs[1]).dtype
-        _set_conv_params(graph, conv, w * s[:, None, None, None], (b - mean) * s + beta, dtype, bn)
+        _set_conv_params(graph, conv, _per_out_channel(w, s), (b - mean) * s + beta, dtype, bn)
 
 
 def per_channel(c: np.ndarray, channels: int) -> np.ndarray | None:
@@ -152,7 +160,7 @@ def _fold_one_scale_shift(graph: Graph, node: Node) -> bool:
             continue
         w, b = _conv_params(graph, conv)
         if node.op == "Mul":
-            w, b = w * v[:, None, None, None], b * v
+            w, b = _per_out_channel(w, v), b * v
         else:
             b = b + v if node.op == "Add" else b - v
         _set_conv_params(graph, conv, w, b, dtype, node)

@@ -211,6 +211,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     """The default direct-conv plan for this layer on this target, with `override` applied."""
     v = target.vector_width
     dense = used_tap_density(weight) >= DENSE_THRESHOLD
+    nonzeros = int(np.count_nonzero(weight))
+    weight_density = nonzeros / max(1, weight.size)  # counted once: compile() runs this per layer
     vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
@@ -226,7 +228,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         rb, cb = _tile(workload.tile_rows, vectors, max(1, per_channel))
     else:
         mb = 1
-        rb, cb = _sparse_tile(workload, density(weight), vectors, budget, v)
+        rb, cb = _sparse_tile(workload, weight_density, vectors, budget, v)
     split = rb * cb * mb < 4
     unroll = 4 if split else 2
     if dense:
@@ -235,14 +237,14 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         chunk = 64 if cg > 96 else 0
         order = "tile_block" if chunk else "block_tile"
     else:
-        chunk, order = sparse_passes(workload, density(weight), rb, cb, v)
+        chunk, order = sparse_passes(workload, weight_density, rb, cb, v)
     plan = DirectConvPlan(form="table", vector_width=v, rows_per_tile=rb, vectors_per_row=cb,
                           channels_per_block=mb, unroll=unroll, split_accumulators=split,
                           channel_chunk=chunk, loop_order=order)
     # unrolled where its code stays small: sparse layers, and first convs with few taps (VGG-16
     # conv1_1, 27 taps: 2.01 -> 1.71 ms on Zen 4; 147- and 363-tap first convs do not fit)
     if ((not dense or first_conv is not None)
-            and unrolled_fits(int(np.count_nonzero(weight)), rb, cb)):
+            and unrolled_fits(nonzeros, rb, cb)):
         plan = _unrolled(plan)
     return apply_override(plan, override, layer)
 
