@@ -101,6 +101,20 @@ def test_batchnorm_folds_into_conv(seed, with_bias, group):
     _same_results(before, graph, x, f"BN fold seed {seed}")
 
 
+def test_folded_weights_are_within_an_ulp_of_the_float64_fold():
+    """The fold multiplies float32 weights by a float32 scale (no float64 copy of the weights):
+    each weight within one float32 ulp of W * s computed in float64 and rounded."""
+    graph, _ = _conv_bn_model(3)
+    w, s, var = graph.const("w"), graph.const("s"), graph.const("var")
+    exact = (w.astype(np.float64) * (s.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-3))
+             [:, None, None, None]).astype(F32)
+    fold_batchnorm(graph)
+    (conv,) = graph.nodes
+    got = graph.const(conv.inputs[1])
+    assert got.dtype == F32
+    assert np.all(np.abs(got - exact) <= np.spacing(np.abs(exact)))
+
+
 def test_batchnorm_with_other_reader_of_conv_is_left():
     graph, _x = _conv_bn_model(3, extra_reader=True)
     fold_batchnorm(graph)

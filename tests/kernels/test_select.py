@@ -123,3 +123,19 @@ def test_sparse_tile_keeps_wide_rows_that_have_enough_channels():
     wl = ConvWorkload(128, 112, 112, 128, (3, 3), pads=(1, 1, 1, 1))
     plan = select.choose_conv(wl, _weight(wl, 0.1), targets.get("avx2"))
     assert (plan.rows_per_tile, plan.vectors_per_row, plan.channel_chunk) == (1, 14, 32)
+
+
+def test_phase_plane_weights_of_a_dense_conv_stay_dense():
+    """A dense 3x3 stride-2 conv over its phase planes has 9 of 16 taps per plane set: its
+    weight density is 0.56, but over the taps some channel uses it is 1: dense blocking."""
+    from sparsejit.kernels.direct_conv import plane_conv, plane_row_floats, plane_weights
+
+    wl = ConvWorkload(16, 14, 14, 32, (3, 3), (2, 2), (1, 1, 1, 1))
+    _, conv = plane_conv(wl, plane_row_floats(wl))
+    dense = plane_weights(_weight(wl, 1.0), 2)
+    assert select.density(dense) == pytest.approx(9 / 16) and select.used_tap_density(dense) == 1.0
+    tgt = targets.get("avx512")
+    assert select.choose_conv(conv, dense, tgt).channels_per_block > 1
+    sparse = plane_weights(_weight(wl, 0.1), 2)
+    assert select.used_tap_density(sparse) < 0.2
+    assert select.choose_conv(conv, sparse, tgt).channels_per_block == 1
