@@ -323,8 +323,9 @@ def origin(workload: ConvWorkload, layout: Layout) -> int:
 # that row tiles need. AMD Zen 4, AVX-512: CaffeNet conv1 (55 x 55 output, 11x11 s4) 196
 # vectors against 220 (0.89), its kernel 1.08-1.12x faster alone (`tune.measure`), 1.03-1.05x
 # with its repack in the network; ResNet-50 layer4.0.conv2 (7 x 7, 3x3 s2) 4 against 7, 2x
-# alone at 10 % density, 1.8x in the network. Where the share is 1 (14 x 14 and 28 x 28
-# outputs on aligned rows) its kernel was 1.24x faster once and 1.8x slower once: not taken.
+# alone at 10 % density, 1.6x in the network. Where the share is 1 (aligned 14 x 14 and 28 x
+# 28 outputs), in-network A/B with the threshold at 1.0: ResNet-50 layer3.0.conv2 1.11x,
+# layer2.0.conv2 0.77x (its flat run of 56 vectors tiles as 3 x 21 = 63): not taken.
 PLANES_MAX_VECTOR_SHARE = 0.9
 
 
