@@ -58,6 +58,11 @@ class ConvCode:
 def render_conv(spec: ConvSpec, plan: DirectConvPlan, target: Target) -> ConvCode:
     """The kernel of `spec` with `plan`. Raises ValueError when the plan cannot block this layer."""
     wl, in_layout, pack = spec.workload, spec.in_layout, None
+    if plan.aligned_copies and wl.flat_stride:
+        # a flat run's offsets assume the input rows flat_stride floats apart, as the producer
+        # wrote them; shifted copies have rows of their own (a wrong answer, not a slow one)
+        raise ValueError("aligned_copies needs row tiles, and this layer runs as one flat run "
+                         f"per plane (rows {wl.flat_stride} floats apart)")
     if wl.strides[1] != 1 or plan.aligned_copies:
         # strided convs read a phase-split copy; aligned_copies one copy per column shift
         pack = in_layout = wl.input_layout(target.vector_width, shifted=plan.aligned_copies)

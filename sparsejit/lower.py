@@ -445,7 +445,12 @@ class _Builder:
                     warnings.warn(f"sparsejit: layer '{name}': ignoring the tuned plan {tuned} "
                                   f"from the tuning log ({exc})", stacklevel=2)
         plan = select.choose_conv(spec.workload, spec.weight, tgt, self.overrides.get(name), name)
-        return render_conv(spec, plan, tgt), False
+        try:
+            return render_conv(spec, plan, tgt), False
+        except InvalidPlanError:
+            raise
+        except ValueError as exc:  # a plan this layer cannot run: the user's to change
+            raise InvalidPlanError(f"layer '{name}': plan {plan.variant()} cannot run it: {exc}") from None
 
     def pool(self, node: Node, layouts: dict[str, Layout]) -> None:
         x, y = node.inputs[0], node.outputs[0]

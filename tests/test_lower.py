@@ -183,3 +183,23 @@ def test_phase_planes_only_where_they_save_vectors():
     model = node_model("Conv", {"x": x}, {"w": w}, strides=[2, 2], pads=[1, 1, 1, 1])
     k = kinds(compiled_and_checked(model, {"x": x}))
     assert "conv_node:planes" not in k and k["conv_node:pack"].startswith("repack p2"), k
+
+
+def test_aligned_copies_on_a_flat_run_is_a_clear_error():
+    """Shifted input copies need row tiles: asked for on a conv that runs flat (a small map, or
+    a strided conv over its phase planes) the plan is refused, naming the layer, instead of
+    computing wrong answers."""
+    from sparsejit import targets
+    from sparsejit.errors import InvalidPlanError
+    size = _flat_map_size(targets.host_target().vector_width)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((1, 8, size, size)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32) * (rng.random((8, 8, 3, 3)) < 0.3)
+    flat = node_model("Conv", {"x": x}, {"w": w}, pads=[1, 1, 1, 1])
+    assert sparsejit.compile(flat).lowered().layers[0].spec.workload.flat_stride
+    with pytest.raises(InvalidPlanError, match="conv_node.*aligned_copies needs row tiles"):
+        sparsejit.compile(flat, plans={"conv_node": {"form": "table", "aligned_copies": True}})
+    xs, ws = _plane_case(11, 4, 7, 0, 1.0, seed=1)
+    planes = node_model("Conv", {"x": xs}, {"w": ws}, strides=[4, 4])
+    with pytest.raises(InvalidPlanError, match="conv_node"):
+        sparsejit.compile(planes, plans={"conv_node": {"form": "table", "aligned_copies": True}})

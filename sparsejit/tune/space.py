@@ -95,8 +95,10 @@ def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan) -> dic
                     if rb * cb <= layer.registers and _tile_waste(layer, rb, cb) <= MAX_TILE_WASTE}
                    | {(default.rows_per_tile, default.vectors_per_row)})
     chunks = sorted({c for c in CHUNKS if c < layer.in_per_group} | {default.channel_chunk})
-    # aligned copies only change loads of kernels with more than one column shift
-    aligned = [False, True] if workload.column_shifts() > 1 else [default.aligned_copies]
+    # aligned copies only change loads of kernels with more than one column shift, and need
+    # row tiles (a flat run reads its input's rows as they lie)
+    aligned = ([False, True] if workload.column_shifts() > 1 and not workload.flat_stride
+               else [default.aligned_copies])
     return {"form": ["table", "unrolled"], "tile": tiles, "block": blocks,
             "unroll": sorted({*UNROLLS, default.unroll}), "chunk": chunks, "order": list(ORDERS),
             "aligned": sorted(set(aligned) | {default.aligned_copies})}

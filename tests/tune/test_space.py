@@ -79,3 +79,12 @@ def test_the_space_covers_every_knob():
     assert {p.unroll for p in plans if p.form == "table"} == {1, 2, 4}
     assert {p.channel_chunk for p in plans} == {0, 16, 32}  # < 40 channels
     assert len({(p.rows_per_tile, p.vectors_per_row) for p in plans}) > 5
+
+
+def test_flat_runs_get_no_aligned_copies():
+    """Shifted copies have rows of their own, a flat run reads its input's rows as they lie:
+    the combination computed wrong answers (the tuner's check caught them), so it is not
+    searched."""
+    wl = replace(ConvWorkload(32, 9, 9, 32, (3, 3)), flat_stride=9)  # a 7 x 7 map run flat
+    plans = candidates(wl, weights(wl, 0.1, seed=3), targets.get("avx512"), budget=10_000)
+    assert plans and not any(p.aligned_copies for p in plans)
