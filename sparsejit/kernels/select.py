@@ -107,6 +107,26 @@ def first_conv_tile(rows: int, vectors: int, accumulators: int) -> tuple[int, in
                                       -t[1]))
 
 
+# A sparse 1x1 conv whose rows are one vector wide tiles its column in tiles of at most this
+# many rows. AMD Zen 4, ResNet-50's and GoogLeNet's 14 x 14 pointwise convs: 7 x 1 instead of
+# 14 x 1 (both with 128-channel passes) 1.10x and 1.09x over the 13 and 20 changed layers
+# (in-process A/B, 7 interleaved rounds; networks 1.015x and 1.013x), 1.10-1.15x per layer in
+# benchmarks/tuned.py, and the autotuner picked 7 x 1 on its own. Not so for 3x3 convs on the
+# same maps (7 x 1 0.90x). Why is not known; not measured on the Xeon.
+POINTWISE_COLUMN_ROWS = 8
+
+
+def pointwise_column_rows(workload: ConvWorkload, rows: int, vectors_per_row: int,
+                          vectors: int) -> int:
+    """`rows` per tile, or for a pointwise conv tiling a one-vector column, the fewest tiles of
+    at most POINTWISE_COLUMN_ROWS rows (14 rows: 2 tiles of 7)."""
+    if (workload.kernel != (1, 1) or vectors != 1 or vectors_per_row != 1
+            or rows <= POINTWISE_COLUMN_ROWS):
+        return rows
+    tiles = -(-rows // POINTWISE_COLUMN_ROWS)
+    return -(-rows // tiles)
+
+
 def unrolled_fits(nonzeros: int, rows_per_tile: int, vectors_per_row: int) -> bool:
     """Is the unrolled form's estimated code small enough (one FMA per nonzero and vector)?"""
     fmas = nonzeros * rows_per_tile * vectors_per_row
@@ -229,6 +249,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     else:
         mb = 1
         rb, cb = _sparse_tile(workload, weight_density, vectors, budget, v)
+        rb = pointwise_column_rows(workload, rb, cb, vectors)
     split = rb * cb * mb < 4
     unroll = 4 if split else 2
     if dense:

@@ -49,9 +49,9 @@ def test_sparse_passes_keep_the_slice_within_budget(wl):
 
 
 def test_sparse_passes_grow_until_they_have_entries():
-    """ResNet-50 layer3.1.conv1 (1x1, 14 x 14): 64 channels fit the slice budget; at 30 %
+    """A 1x1 conv on a 28 x 28 map (7 x 2 tiles): 64 channels fit the slice budget; at 30 %
     they hold enough nonzeros, at 10 % the pass doubles, at 1 % no pass can: one pass."""
-    wl = ConvWorkload(1024, 14, 14, 256, (1, 1))
+    wl = ConvWorkload(1024, 28, 28, 256, (1, 1))
     tgt = targets.get("avx512")
     at_30, at_10, at_1 = (select.choose_conv(wl, _weight(wl, d), tgt).channel_chunk
                           for d in (0.30, 0.10, 0.01))
@@ -139,3 +139,18 @@ def test_phase_plane_weights_of_a_dense_conv_stay_dense():
     sparse = plane_weights(_weight(wl, 0.1), 2)
     assert select.used_tap_density(sparse) < 0.2
     assert select.choose_conv(conv, sparse, tgt).channels_per_block == 1
+
+
+def test_pointwise_one_vector_columns_tile_in_at_most_8_rows():
+    """ResNet-50's 14 x 14 pointwise convs on AVX-512 (one vector per row): 2 tiles of 7 rows,
+    not one of 14; 3x3 convs on the same map and wider maps keep their tiles."""
+    tgt = targets.get("avx512")
+    pointwise = ConvWorkload(1024, 14, 14, 256, (1, 1))
+    assert select.choose_conv(pointwise, _weight(pointwise, 0.1), tgt).rows_per_tile == 7
+    assert select.pointwise_column_rows(pointwise, 14, 1, 1) == 7
+    assert select.pointwise_column_rows(pointwise, 17, 1, 1) == 6  # 3 tiles of at most 8
+    assert select.pointwise_column_rows(pointwise, 8, 1, 1) == 8
+    assert select.pointwise_column_rows(pointwise, 14, 1, 2) == 14  # two vectors per row
+    three = ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1))
+    assert select.pointwise_column_rows(three, 14, 1, 1) == 14
+    assert select.choose_conv(three, _weight(three, 0.1), tgt).rows_per_tile == 14
