@@ -25,15 +25,32 @@ from .conv_harness import SENTINEL, GuardedBuffer, runnable_targets
 TARGETS = runnable_targets()
 
 
-def compile_repack(src: Layout, dst: Layout, offset: int, target_name: str):
-    tgt = targets.get(target_name)
-    v = tgt.vector_width
-    ir = render_repack("case", src.channels, src, dst, offset, v, tgt.name)
+def load_kernel(ir: str, symbol: str, tgt):
     obj, _ = llvm.compile_object(ir, tgt, 2)
     lib = llvm.CodeLibrary(tgt)
     lib.add_object(obj)
     lib.finalize()
-    return lib, ConvFn(lib.address(kernel_symbol("case", dst, v)))
+    return lib, ConvFn(lib.address(symbol))
+
+
+def compile_repack(src: Layout, dst: Layout, offset: int, target_name: str):
+    tgt = targets.get(target_name)
+    v = tgt.vector_width
+    ir = render_repack("case", src.channels, src, dst, offset, v, tgt.name)
+    return load_kernel(ir, kernel_symbol("case", dst, v), tgt)
+
+
+def run_guarded(fn, src: Layout, x: np.ndarray, dst_floats: int, images, channels) -> np.ndarray:
+    """Call a repack kernel on a source ending right after its last interior row (an over-read
+    past it faults) with NaN in its pads, into a sentinel-filled destination; return that."""
+    batch = x.shape[0]
+    src_buf = GuardedBuffer((batch - 1) * src.image_stride + src.channels * src.channel_stride)
+    src_buf.array[:] = np.nan
+    src.write(src_buf.array, x)
+    dst_buf = GuardedBuffer(dst_floats)
+    dst_buf.array[:] = SENTINEL
+    fn(src_buf.array.ctypes.data, dst_buf.array.ctypes.data, None, *images, *channels)
+    return dst_buf.array
 
 
 def expected_buffer(src: Layout, dst: Layout, x: np.ndarray, offset: int, images, channels) -> np.ndarray:
@@ -60,20 +77,14 @@ def run_repack(src: Layout, dst: Layout, batch: int, target_name: str, offset: i
     x = np.random.default_rng(seed).standard_normal(
         (batch, src.channels, src.height, src.width)).astype(np.float32)
     lib, fn = compile_repack(src, dst, offset, target_name)
-    # the source ends right after its last interior row: an over-read past it faults
-    src_buf = GuardedBuffer((batch - 1) * src.image_stride + src.channels * src.channel_stride)
-    src_buf.array[:] = np.nan
-    src.write(src_buf.array, x)
-    dst_buf = GuardedBuffer(batch * dst.image_stride)
-    dst_buf.array[:] = SENTINEL
-    fn(src_buf.array.ctypes.data, dst_buf.array.ctypes.data, None, *images, *channels)
+    got = run_guarded(fn, src, x, batch * dst.image_stride, images, channels)
 
     expected = expected_buffer(src, dst, x, offset, images, channels)
     v = targets.get(target_name).vector_width
     what = (f"{src} -> {dst} offset {offset} images {images} channels {channels} on {target_name} "
             f"blocks {block_range(src.width, dst, v)} unmasked {unmasked_blocks(src.width, dst, v)} "
             f"seed {seed}")
-    bad = np.flatnonzero(~((dst_buf.array == expected) | (np.isnan(dst_buf.array) & np.isnan(expected))))
+    bad = np.flatnonzero(~((got == expected) | (np.isnan(got) & np.isnan(expected))))
     assert bad.size == 0, f"{bad.size} floats differ, first at {bad[:8].tolist()}: {what}"
     del lib
 
@@ -176,20 +187,11 @@ def run_plane_repack(src: Layout, planes: PhasePlanes, batch: int, target_name: 
     images, channels = images or (0, batch), channels or (0, src.channels)
     tgt = targets.get(target_name)
     v = tgt.vector_width
-    ir = render_plane_repack("case", src, planes, v, tgt.name)
-    obj, _ = llvm.compile_object(ir, tgt, 2)
-    lib = llvm.CodeLibrary(tgt)
-    lib.add_object(obj)
-    lib.finalize()
-    fn = ConvFn(lib.address(kernel_symbol("case", planes, v)))
+    lib, fn = load_kernel(render_plane_repack("case", src, planes, v, tgt.name),
+                          kernel_symbol("case", planes, v), tgt)
     x = np.random.default_rng(seed).standard_normal(
         (batch, src.channels, src.height, src.width)).astype(np.float32)
-    src_buf = GuardedBuffer((batch - 1) * src.image_stride + src.channels * src.channel_stride)
-    src_buf.array[:] = np.nan
-    src.write(src_buf.array, x)
-    dst_buf = GuardedBuffer(batch * planes.image_stride)
-    dst_buf.array[:] = SENTINEL
-    fn(src_buf.array.ctypes.data, dst_buf.array.ctypes.data, None, *images, *channels)
+    got = run_guarded(fn, src, x, batch * planes.image_stride, images, channels)
     written = np.full(batch * planes.image_stride, SENTINEL, np.float32)
     planes.write(written, x)
     expected = np.full_like(written, SENTINEL)
@@ -198,7 +200,7 @@ def run_plane_repack(src: Layout, planes: PhasePlanes, batch: int, target_name: 
         lo = i * planes.image_stride + channels[0] * per_channel
         hi = i * planes.image_stride + channels[1] * per_channel
         expected[lo:hi] = written[lo:hi]
-    bad = np.flatnonzero(dst_buf.array != expected)
+    bad = np.flatnonzero(got != expected)
     assert bad.size == 0, (f"{bad.size} floats differ, first at {bad[:8].tolist()}: {src} -> "
                            f"{planes} images {images} channels {channels} on {target_name}")
     del lib
