@@ -94,7 +94,7 @@ def render_repack(layer: str, channels: int, src: Layout, dst: Layout, dst_chann
     [n0, n1), source channels [c0, c1) copied to destination channels dst_channel_offset + c."""
     assert (src.height, src.width) == (dst.height, dst.width), (src, dst)
     assert channels <= src.channels and dst_channel_offset + channels <= dst.channels, (src, dst)
-    rows = SimpleNamespace(phases=1, out_row=dst.row_stride, pad_top=0, phase_step=0,
+    rows = SimpleNamespace(phases=1, out_row=dst.row_stride, pad_top=0, row_phase_step=0,
                            channel_offset=dst_channel_offset)
     origin = dst_channel_offset * dst.channel_stride + dst.pad_top * dst.row_stride
     return _render(layer, channels, src, dst, dst.channel_stride, origin, rows, vector_width,
@@ -108,7 +108,7 @@ def render_plane_repack(layer: str, src: Layout, planes: PhasePlanes, vector_wid
     assert (src.height, src.width, src.channels) == (planes.height, planes.width, planes.channels)
     s, lay = planes.stride, planes.layout
     rows = SimpleNamespace(phases=s, out_row=lay.row_stride, pad_top=planes.pad_top,
-                           phase_step=s * lay.channel_stride, channel_offset=0)
+                           row_phase_step=s * lay.channel_stride, channel_offset=0)
     return _render(layer, src.channels, src, planes, s * s * lay.channel_stride, 0, rows,
                    vector_width, target_name)
 
@@ -117,7 +117,7 @@ def _render(layer: str, channels: int, src: Layout, dst, out_ch: int, out_origin
             rows: SimpleNamespace, vector_width: int, target_name: str) -> str:
     """`dst` is a Layout or PhasePlanes (its column phases, pad_left and copies); `rows` says
     where source row y goes: y * out_row, or with row phases j = y + pad_top to
-    (j % phases) * phase_step + (j // phases) * out_row."""
+    (j % phases) * row_phase_step + (j // phases) * out_row."""
     assert src.phases == 1 and src.shifts == 1, src
     v, s, w = vector_width, dst.phases, src.width
     blocks, fast = block_range(w, dst, v), unmasked_blocks(w, dst, v)
@@ -127,7 +127,7 @@ def _render(layer: str, channels: int, src: Layout, dst, out_ch: int, out_origin
         in_img=src.image_stride, in_ch=src.channel_stride, in_row=src.row_stride,
         in_origin=src.pad_top * src.row_stride + src.pad_left,
         out_img=dst.image_stride, out_ch=out_ch, out_row=rows.out_row, out_origin=out_origin,
-        row_phases=rows.phases, row_phase_step=rows.phase_step, pad_top=rows.pad_top,
+        row_phases=rows.phases, row_phase_step=rows.row_phase_step, pad_top=rows.pad_top,
         fast_lo=fast.start, fast_hi=fast.stop, fast_col=-dst.pad_left,
         prefix=[edge_block(w, dst, v, b) for b in blocks if b < fast.start],
         suffix=[edge_block(w, dst, v, b) for b in blocks if b >= fast.stop],

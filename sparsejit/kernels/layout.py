@@ -186,7 +186,7 @@ class PhasePlanes:
     def __post_init__(self) -> None:
         s, lay = self.stride, self.layout
         assert lay.channels == self.channels * s * s and lay.phases == 1 and lay.shifts == 1, self
-        assert lay.is_plain or (lay.pad_top == 0 and lay.pad_left == 0), self
+        assert lay.pad_top == 0 and lay.pad_left == 0, self
         assert lay.rows * s >= self.height + self.pad_top, self
         assert lay.phase_width * s >= self.width + self.pad_left, self
 

@@ -51,13 +51,14 @@ def density(weight: np.ndarray) -> float:
     return float(np.count_nonzero(weight)) / max(1, weight.size)
 
 
-def used_tap_density(weight: np.ndarray) -> float:
+def used_tap_density(weight: np.ndarray, nonzeros: int | None = None) -> float:
     """Density over the (input channel, tap) positions some output channel uses: what decides
     dense blocking, as positions no channel uses are in no offset list. A strided conv over its
     phase planes (direct_conv.plane_weights) has taps no channel uses (a 3x3 kernel padded to
     2 x 2 taps of 2 x 2 planes: 9 of 16) and stays as dense as the conv it computes."""
     used = np.any(weight.reshape(weight.shape[0], -1) != 0, axis=0)
-    return float(np.count_nonzero(weight)) / max(1, weight.shape[0] * int(np.count_nonzero(used)))
+    nonzeros = int(np.count_nonzero(weight)) if nonzeros is None else nonzeros
+    return nonzeros / max(1, weight.shape[0] * int(np.count_nonzero(used)))
 
 
 def accumulator_budget(target: Target) -> int:
@@ -230,9 +231,9 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                 override: dict | None = None, layer: str = "") -> DirectConvPlan:
     """The default direct-conv plan for this layer on this target, with `override` applied."""
     v = target.vector_width
-    dense = used_tap_density(weight) >= DENSE_THRESHOLD
-    nonzeros = int(np.count_nonzero(weight))
-    weight_density = nonzeros / max(1, weight.size)  # counted once: compile() runs this per layer
+    nonzeros = int(np.count_nonzero(weight))  # counted once: compile() runs this per layer
+    weight_density = nonzeros / max(1, weight.size)
+    dense = used_tap_density(weight, nonzeros) >= DENSE_THRESHOLD
     vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
