@@ -1,6 +1,8 @@
 """Every environment knob sparsejit reads, in one place.
 
 SPARSEJIT_CACHE_DIR   object cache directory (default: the user cache dir); "off" disables it
+SPARSEJIT_LOADER      "elf" (default): load generated code with sparsejit's own ELF loader, falling
+                      back to MCJIT for objects it does not support; "mcjit": always MCJIT
 SPARSEJIT_DEBUG       1: log compile steps; 2: also print each layer's plan; 3: also its IR
 SPARSEJIT_THREADS     default thread count when compile(threads=None)
 SPARSEJIT_TUNING_LOG  the autotuner's JSON-lines log (default: tuning.jsonl in the user cache
@@ -33,6 +35,15 @@ def tuning_log() -> Path | None:
     if value:
         return Path(value).expanduser()
     return Path(platformdirs.user_cache_dir("sparsejit")) / "tuning.jsonl"
+
+
+def loader() -> str:
+    """How generated objects are loaded: "elf" (sparsejit's loader, MCJIT as fallback) or
+    "mcjit"."""
+    value = os.environ.get("SPARSEJIT_LOADER", "elf").strip().lower() or "elf"
+    if value not in ("elf", "mcjit"):
+        raise ValueError(f"SPARSEJIT_LOADER must be 'elf' or 'mcjit', not {value!r}")
+    return value
 
 
 def debug_level() -> int:

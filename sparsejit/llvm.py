@@ -2,38 +2,91 @@
 
 Everything else in sparsejit produces or consumes plain strings and bytes. IR text goes in;
 object code (cached on disk by a content hash, see `objcache`) and assembly text come out;
-`CodeLibrary` loads object code into an MCJIT engine and hands out function addresses.
+`CodeLibrary` loads object code (with sparsejit's own ELF loader, else into an MCJIT engine)
+and hands out function addresses.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
 import threading
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import llvmlite
-import llvmlite.binding as llvm
 
-from . import objcache
+from . import config, elfload, objcache
 
 if TYPE_CHECKING:  # targets asks this module for the host's cpu: no import back at runtime
+    import llvmlite.binding
+
     from .targets import Target
 
 _lock = threading.RLock()
-_initialised = False
+_binding = None
 
 
-def _init() -> None:
-    global _initialised
+def _llvm():
+    """llvmlite.binding, imported and initialised on first use: loading LLVM maps ~40 MiB of
+    the process (35 of them libLLVM's pages), which a warm compile, whose objects come from the
+    cache and load with elfload, never needs."""
+    global _binding
     with _lock:
-        if not _initialised:
-            llvm.initialize_native_target()
-            llvm.initialize_native_asmprinter()
-            _initialised = True
+        if _binding is None:
+            import llvmlite.binding as binding
+
+            binding.initialize_native_target()
+            binding.initialize_native_asmprinter()
+            _binding = binding
+    return _binding
+
+
+def _host_fingerprint() -> str:
+    """What LLVM's answers about this host depend on: the CPU as the kernel reports it (model and
+    flags: a VM moved to another CPU changes them) and the llvmlite build."""
+    h = hashlib.sha256(f"{llvmlite.__version__}\0{platform.machine()}\0".encode())
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block
+            if line.split(":")[0].strip() in ("vendor_id", "cpu family", "model", "model name",
+                                              "stepping", "flags"):
+                h.update(line.encode())
+    except OSError:
+        return ""  # no stable fingerprint: always ask LLVM
+    return h.hexdigest()
+
+
+@cache
+def _host_info() -> dict:
+    """LLVM's host cpu name, host features and version, remembered in the object cache per host
+    fingerprint so that a warm process need not load LLVM to form its cache keys."""
+    fingerprint = _host_fingerprint()
+    key = objcache.key("host-info", fingerprint) if fingerprint else None
+    if key is not None:
+        payload = objcache.load(key)
+        if payload is not None:
+            try:
+                info = json.loads(payload)
+                if {"cpu", "features", "llvm"} <= info.keys():
+                    return info
+            except ValueError:
+                pass
+    llvm = _llvm()
+    features = llvm.get_host_cpu_features()
+    info = {"cpu": llvm.get_host_cpu_name(),
+            "features": sorted(name for name, on in features.items() if on),
+            "llvm": ".".join(map(str, llvm.llvm_version_info))}
+    if key is not None:
+        objcache.store(key, json.dumps(info).encode())
+    return info
 
 
 def llvm_version() -> str:
-    return ".".join(map(str, llvm.llvm_version_info))
+    return _host_info()["llvm"]
 
 
 def toolchain_id() -> str:
@@ -42,24 +95,20 @@ def toolchain_id() -> str:
 
 
 def host_cpu_name() -> str:
-    _init()
-    return llvm.get_host_cpu_name()
+    return _host_info()["cpu"]
 
 
 def host_features() -> frozenset[str]:
-    _init()
-    feats = llvm.get_host_cpu_features()
-    return frozenset(name for name, on in feats.items() if on)
+    return frozenset(_host_info()["features"])
 
 
 @cache
-def _target_machine(cpu: str, features: str, opt: int) -> llvm.TargetMachine:
+def _target_machine(cpu: str, features: str, opt: int) -> llvmlite.binding.TargetMachine:
     return _new_target_machine(cpu, features, opt)
 
 
-def _new_target_machine(cpu: str, features: str, opt: int) -> llvm.TargetMachine:
-    _init()
-    target = llvm.Target.from_triple("x86_64-unknown-linux-gnu")
+def _new_target_machine(cpu: str, features: str, opt: int) -> llvmlite.binding.TargetMachine:
+    target = _llvm().Target.from_triple("x86_64-unknown-linux-gnu")
     # The large code model: MCJIT maps each object's code and constant sections separately,
     # and with many kernels loaded they can land more than 2 GB apart, which the small model's
     # 32-bit PC-relative references cannot reach (LLVM then aborts the process in
@@ -68,9 +117,9 @@ def _new_target_machine(cpu: str, features: str, opt: int) -> llvm.TargetMachine
                                         codemodel="large")
 
 
-def _parse(ir_text: str) -> llvm.ModuleRef:
+def _parse(ir_text: str) -> llvmlite.binding.ModuleRef:
     try:
-        module = llvm.parse_assembly(ir_text)
+        module = _llvm().parse_assembly(ir_text)
         module.verify()
     except RuntimeError as exc:  # llvmlite reports parse and verify errors this way
         first = ir_text.splitlines()[0] if ir_text else ""
@@ -78,7 +127,7 @@ def _parse(ir_text: str) -> llvm.ModuleRef:
     return module
 
 
-def _configure(module: llvm.ModuleRef, target: Target, opt: int) -> llvm.TargetMachine:
+def _configure(module: llvmlite.binding.ModuleRef, target: Target, opt: int) -> llvmlite.binding.TargetMachine:
     tm = _target_machine(target.cpu, target.features, opt)
     module.triple = tm.triple
     module.data_layout = str(tm.target_data)
@@ -128,38 +177,67 @@ def assembly(ir_text: str, target: Target, opt: int = 2) -> str:
 
 def verify(ir_text: str) -> None:
     with _lock:
-        _init()
         _parse(ir_text)
 
 
 class CodeLibrary:
-    """Object files loaded into one MCJIT engine; frozen once `finalize()` has run."""
+    """Object files loaded together; frozen once `finalize()` has run. By default (config.loader)
+    they are mapped by sparsejit's own ELF loader (elfload.py), which keeps none of LLVM
+    resident; objects it does not support, or `SPARSEJIT_LOADER=mcjit`, load into an MCJIT
+    engine. `loader` says which ("elf" or "mcjit") once finalized."""
 
     def __init__(self, target: Target) -> None:
-        _init()
         self.target = target
+        self._objects: list[bytes] = []
+        self._loaded = None
+        self.loader: str | None = None
+        self.fallback_reason: str | None = None  # why the ELF loader was not used
+        self._finalized = False
+
+    def add_object(self, obj: bytes) -> None:
+        if self._finalized:
+            raise RuntimeError("CodeLibrary is finalized; create a new one to add code")
+        self._objects.append(obj)
+
+    def finalize(self) -> None:
+        if self._finalized:
+            return
+        if config.loader() == "elf":
+            try:
+                self._loaded = elfload.LoadedCode(self._objects)
+                self.loader = "elf"
+            except elfload.Unsupported as exc:
+                self.fallback_reason = str(exc)
+        else:
+            self.fallback_reason = "SPARSEJIT_LOADER=mcjit"
+        if self._loaded is None:
+            self._loaded = _MCJITCode(self.target, self._objects)
+            self.loader = "mcjit"
+        self._objects = []  # the loaded code no longer needs them
+        self._finalized = True
+
+    def address(self, symbol: str) -> int:
+        if not self._finalized:
+            self.finalize()
+        return self._loaded.address(symbol)
+
+
+class _MCJITCode:
+    """Objects loaded into one MCJIT engine (which keeps them and LLVM's pages resident)."""
+
+    def __init__(self, target: Target, objects: list[bytes]) -> None:
+        llvm = _llvm()
         with _lock:
             # an MCJIT engine takes ownership of its target machine: never share a cached one
             self._tm = _new_target_machine(target.cpu, target.features, 2)
             empty = llvm.parse_assembly("")
             empty.triple = self._tm.triple
             self._engine = llvm.create_mcjit_compiler(empty, self._tm)
-        self._finalized = False
-
-    def add_object(self, obj: bytes) -> None:
-        if self._finalized:
-            raise RuntimeError("CodeLibrary is finalized; create a new one to add code")
-        with _lock:
-            self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-
-    def finalize(self) -> None:
-        with _lock:
+            for obj in objects:
+                self._engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
             self._engine.finalize_object()
-        self._finalized = True
 
     def address(self, symbol: str) -> int:
-        if not self._finalized:
-            self.finalize()
         addr = self._engine.get_function_address(symbol)
         if not addr:
             raise KeyError(f"symbol '{symbol}' not found in compiled code")
