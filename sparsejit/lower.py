@@ -49,7 +49,8 @@ from .errors import InvalidPlanError
 from .graph.ir import Graph, Node
 from .kernels import select
 from .kernels.direct_conv import (ConvWorkload, Epilogue, build_pattern, flat_if_it_pays, input_extent,
-                                  output_extent, plane_output_pads, plane_weights, planes_if_they_pay)
+                                  output_extent, parallel_units, plane_output_pads, plane_weights,
+                                  planes_if_they_pay)
 from .kernels.gemm import GemmWorkload, pack_weights
 from .kernels.layout import Layout, PhasePlanes
 from .kernels.lrn import LRNWorkload
@@ -387,7 +388,8 @@ class _Builder:
         written = (images - 1) * out_layout.image_stride + output_extent(wl, out_layout, plan.vector_width)
         self.extent[y] = max(self.extent.get(y, 0), written)
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
-        step = st.ActivationKernel(node.name, src, y, None, pattern.blocks, images, flops, residual)
+        units = parallel_units(wl, plan, pattern.blocks)
+        step = st.ActivationKernel(node.name, src, y, None, units, images, flops, residual)
         self._add_kernel(step, info, st.ConvFn)
 
     def repack(self, name: str, op: str, x: str, out: str, src: Layout, dst: Layout | PhasePlanes,

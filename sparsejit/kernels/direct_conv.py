@@ -94,6 +94,9 @@ class DirectConvPlan:
     channel_chunk: int = 0  # table form: input channels (per group) per pass; 0 = all in one pass
     loop_order: str = "block_tile"  # table form: channel blocks outside tiles, or "tile_block"
     aligned_copies: bool = False  # pack one input copy per column shift: all loads aligned
+    # what threads divide: output-channel blocks (each thread reads all of the input), or
+    # output tiles (each reads its rows' input, mostly what it wrote as the layer before)
+    split: str = "blocks"
     codegen_opt: int = 2
 
     def __post_init__(self) -> None:
@@ -102,6 +105,7 @@ class DirectConvPlan:
             (self.loop_order in ("block_tile", "tile_block"),
              "loop_order must be 'block_tile' or 'tile_block'"),
             (self.vector_width in (1, 4, 8, 16), "vector_width must be 1, 4, 8 or 16"),
+            (self.split in ("blocks", "tiles"), "split must be 'blocks' or 'tiles'"),
             (min(self.rows_per_tile, self.vectors_per_row, self.unroll,
                  self.channels_per_block) >= 1, "tile, unroll and block sizes must be >= 1"),
             (self.channel_chunk >= 0, "channel_chunk must be >= 0"),
@@ -125,8 +129,9 @@ class DirectConvPlan:
         chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
         order = "_tb" if self.loop_order == "tile_block" else ""
         aligned = "_a" if self.aligned_copies else ""
+        tiles = "_st" if self.split == "tiles" else ""
         return (f"{self.form}_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_row}"
-                f"_m{self.channels_per_block}_u{self.unroll}{split}{chunk}{order}{aligned}")
+                f"_m{self.channels_per_block}_u{self.unroll}{split}{chunk}{order}{aligned}{tiles}")
 
     def chunks(self, channels_per_group: int) -> int:
         """Passes over the input channels (each adds into the output's partial sums)."""
@@ -219,6 +224,14 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
         h.update(np.ascontiguousarray(arr).tobytes())
     return Pattern(starts, offsets, weights, channels, int(np.count_nonzero(weight)), chunks,
                    h.hexdigest())
+
+
+def parallel_units(workload: ConvWorkload, plan: DirectConvPlan, blocks: int) -> int:
+    """Units of the kernel's (b0, b1) range, which threads divide: channel blocks, or tiles."""
+    if plan.split == "tiles":
+        ty, tx = tiles(workload, plan)
+        return ty * tx
+    return blocks
 
 
 def tiles(workload: ConvWorkload, plan: DirectConvPlan) -> tuple[int, int]:

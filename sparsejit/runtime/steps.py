@@ -183,7 +183,7 @@ class ActivationKernel(Step):
     input: str
     output: str
     fn: Callable
-    blocks: int  # channel blocks: the unit of work a thread takes
+    units: int  # of the kernel's (b0, b1) range: channel blocks, or a conv's tiles (plan.split)
     images: int  # the input's dim 0
     flops: int = MIN_PARALLEL_FLOPS * 8  # nonzero flops of one call: decides whether to split
     residual: str | None = None  # a fused Add's other operand, added in the epilogue
@@ -198,14 +198,14 @@ class ActivationKernel(Step):
         return True
 
     def _by_image(self, threads: int) -> bool:
-        return self.blocks < threads and self.images > 1
+        return self.units < threads and self.images > 1
 
     def native_row(self, arena, threads):
         res = arena.buffer(self.residual).ctypes.data if self.residual else 0
         by_image = self._by_image(threads)
-        units = self.images if by_image else self.blocks
+        units = self.images if by_image else self.units
         return NativeRow(self.address, arena.buffer(self.input).ctypes.data,
-                         arena.buffer(self.output).ctypes.data, res, self.images, self.blocks,
+                         arena.buffer(self.output).ctypes.data, res, self.images, self.units,
                          by_image, useful_threads(threads, self.flops, units, NATIVE_MIN_PARALLEL_FLOPS),
                          per_image=self.images > 1)
 
@@ -216,10 +216,10 @@ class ActivationKernel(Step):
         res = arena.buffer(self.residual).ctypes.data if self.residual else None
         if not self._by_image(threads):
             parallel(pool, threads, lambda b0, b1: self.fn(in_ptr, out_ptr, res, 0, n, b0, b1),
-                     self.blocks, self.flops)
+                     self.units, self.flops)
         else:
             parallel(pool, threads,
-                     lambda n0, n1: self.fn(in_ptr, out_ptr, res, n0, n1, 0, self.blocks),
+                     lambda n0, n1: self.fn(in_ptr, out_ptr, res, n0, n1, 0, self.units),
                      n, self.flops)
         if not self.into_scratch:
             env[self.output] = arena.views[self.output]

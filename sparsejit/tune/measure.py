@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import llvm
 from ..conv_layer import ConvCode, ConvSpec, render_conv
-from ..kernels.direct_conv import DirectConvPlan, Epilogue, output_extent
+from ..kernels.direct_conv import DirectConvPlan, Epilogue, output_extent, parallel_units
 from ..kernels.reference import conv2d
 from ..runtime.buffers import aligned_zeros
 from ..runtime.steps import ConvFn, parallel
@@ -111,7 +111,8 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_boun
         spec.in_layout.write(src, x)
     dst = aligned_zeros(output_extent(wl, spec.out_layout, plan.vector_width))
     dst[:] = SENTINEL
-    in_ptr, out_ptr, blocks = src.ctypes.data, dst.ctypes.data, code.pattern.blocks
+    in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
+    units = parallel_units(spec.workload, plan, code.pattern.blocks)
     # a fused residual is timed against zeros: the reference then needs no change
     res = aligned_zeros(spec.residual.image_stride) if spec.residual is not None else None
     res_ptr = None if res is None else res.ctypes.data
@@ -119,7 +120,7 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_boun
     def run() -> None:  # as runtime.steps.ActivationKernel runs it for one image
         if code.pack is not None:
             code.pack.write(src, x)
-        parallel(pool, threads, lambda b0, b1: fn(in_ptr, out_ptr, res_ptr, 0, 1, b0, b1), blocks)
+        parallel(pool, threads, lambda b0, b1: fn(in_ptr, out_ptr, res_ptr, 0, 1, b0, b1), units)
 
     first = time.perf_counter()
     run()

@@ -23,6 +23,7 @@ from sparsejit.kernels.direct_conv import (
     flat_rows,
     input_extent,
     output_extent,
+    parallel_units,
 )
 from sparsejit.kernels.layout import Layout
 from sparsejit.kernels.reference import conv2d
@@ -165,7 +166,11 @@ def _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, re
         res.array[:] = np.nan  # the kernel must read the residual's interior only
         res_layout.write(res.array, res_data)
         res_ptr = res.array.ctypes.data
-    fn(src.array.ctypes.data, dst.array.ctypes.data, res_ptr, 0, n, 0, pattern.blocks)
+    # the unit range (channel blocks, or tiles: plan.split) in uneven pieces, as threads take it
+    units = parallel_units(wl, plan, pattern.blocks)
+    cuts = sorted({0, units, *(int(c) for c in rng.integers(0, units + 1, 2))})
+    for u0, u1 in zip(cuts, cuts[1:]):
+        fn(src.array.ctypes.data, dst.array.ctypes.data, res_ptr, 0, n, u0, u1)
 
     expected = conv2d(x, w, bias, wl.strides, wl.pads, wl.dilations, wl.group)
     if res_data is not None:

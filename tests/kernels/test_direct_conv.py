@@ -16,7 +16,8 @@ import pytest
 
 from sparsejit import targets
 from sparsejit.kernels import select
-from sparsejit.kernels.direct_conv import (ConvWorkload, flat_pays, flat_rows, plane_conv, plane_row_floats,
+from sparsejit.kernels.direct_conv import (ConvWorkload, DirectConvPlan, flat_pays, flat_rows,
+                                          parallel_units, plane_conv, plane_row_floats,
                                           plane_weights, tails_into_padding)
 from sparsejit.kernels.reference import conv2d
 from sparsejit.kernels.layout import Layout
@@ -133,6 +134,42 @@ def test_channel_passes(blocking, group, target):
                     density=0.4, plan=dict(blocking, form="table"))
     plan = run_case(case, target, seed=13)
     assert plan.channel_chunk == blocking.get("channel_chunk", 0)
+
+
+SPLIT_TILE_PLANS = [
+    dict(form="table", rows_per_tile=2, vectors_per_row=1),
+    dict(form="table", rows_per_tile=3, vectors_per_row=2, channel_chunk=4, loop_order="tile_block"),
+    dict(form="table", rows_per_tile=1, vectors_per_row=1, channel_chunk=3, channels_per_block=2),
+    dict(form="unrolled", rows_per_tile=2, vectors_per_row=1),
+    dict(form="unrolled", rows_per_tile=4, vectors_per_row=2, channels_per_block=3),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("plan", SPLIT_TILE_PLANS, ids=str)
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_split_by_tiles(plan, residual, target):
+    """Threads dividing output tiles instead of channel blocks: each range of tiles computes
+    every channel of its rows (the harness calls the kernel over uneven pieces of the range),
+    partial last tiles and passes included."""
+    for seed, (h, w) in enumerate([(9, 2 * WIDTHS[target] + 3), (4, WIDTHS[target] - 1)]):
+        case = ConvCase(12, h, w, 7, (3, 3), pads=(1, 1, 1, 1), batch=2, density=0.3,
+                        residual=residual, plan=dict(plan, split="tiles"))
+        ran = run_case(case, target, seed=40 + seed)
+        assert ran.split == "tiles"
+    flat = ConvCase(6, 7, 7, 5, (3, 3), pads=(1, 1, 1, 1), batch=2, density=0.4, flat=True,
+                    out_pads=(1, 0, 1, 0), residual=residual,
+                    plan=dict(plan, split="tiles", rows_per_tile=1, vectors_per_row=1))
+    run_case(flat, target, seed=47)
+
+
+def test_split_units_are_tiles_or_blocks():
+    wl = ConvWorkload(8, 20, 40, 16, (3, 3), pads=(1, 1, 1, 1))
+    tiles_plan = DirectConvPlan(rows_per_tile=3, vectors_per_row=2, split="tiles")
+    assert parallel_units(wl, tiles_plan, blocks=16) == 7 * 2  # 20 rows / 3, 3 vectors / 2
+    assert parallel_units(wl, replace(tiles_plan, split="blocks"), blocks=16) == 16
+    with pytest.raises(ValueError, match="split"):
+        DirectConvPlan(split="rows")
 
 
 @pytest.mark.parametrize("target", TARGETS)
