@@ -11,10 +11,22 @@ import numpy as np
 from .errors import SparseJitError
 
 
+def _model(args: argparse.Namespace):
+    """The ONNX file named, or else a built-in model of that name (at --sparsity)."""
+    from . import models
+
+    if Path(args.model).exists() or args.model not in models.names():
+        return args.model  # a missing file is compile()'s clear error
+    try:
+        return models.build(args.model, sparsity=args.sparsity)
+    except ValueError as exc:  # a bad --sparsity
+        raise SparseJitError(f"--sparsity: {exc}") from None
+
+
 def _compile(args: argparse.Namespace):
     from .compiler import compile
 
-    return compile(args.model, target=args.target, threads=args.threads, batch=args.batch)
+    return compile(_model(args), target=args.target, threads=args.threads, batch=args.batch)
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -57,7 +69,7 @@ def cmd_autotune(args: argparse.Namespace) -> int:
     from .tune.autotune import autotune
 
     log_path = args.log or tuning_log.default_path()
-    results = autotune(args.model, target=args.target, threads=args.threads, budget=args.budget,
+    results = autotune(_model(args), target=args.target, threads=args.threads, budget=args.budget,
                        repeats=args.repeats, time_bound=args.time_bound, layers=args.layers,
                        log_path=log_path, progress=not args.no_progress,
                        finalists=args.finalists, rounds=args.rounds)
@@ -106,8 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsejit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
+    def model_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="ONNX file, or a built-in model: caffenet, vgg16, resnet50, "
+                        "googlenet, tiny")
+        sp.add_argument("--sparsity", default="seed",
+                        help="a built-in model's pruning: seed (default), all, or a density")
+
     def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="ONNX file")
+        model_arg(sp)
         sp.add_argument("--target", default="host", help="host, sse, avx2, avx512 (default host)")
         sp.add_argument("--threads", type=int, default=None)
         sp.add_argument("--batch", type=int, default=None, help="bind a symbolic batch size")
@@ -133,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_inspect)
 
     sp = sub.add_parser("autotune", help="search each conv layer's plans; compile() uses the best")
-    sp.add_argument("model", help="ONNX file")
+    model_arg(sp)
     sp.add_argument("--target", default="host", help="host, sse, avx2, avx512 (default host)")
     sp.add_argument("--threads", type=int, default=1, help="threads per kernel while timing")
     sp.add_argument("--budget", type=int, default=24, help="candidate plans per layer (24)")
@@ -172,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"sparsejit: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `sparsejit inspect ... | head`: the reader has gone
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

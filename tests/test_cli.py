@@ -108,6 +108,28 @@ def test_inspect(tiny_path, flag, expect):
     assert "conv3" in out
 
 
+def test_built_in_models_by_name(tmp_path):
+    """A built-in model's name where no such file exists (cwd: an empty directory), at
+    --sparsity; a file of that name takes precedence."""
+    out = ok(sparsejit_cli("inspect", "tiny", "conv3", "--sparsity", "0.2", "--asm", cwd=tmp_path))
+    assert "vfmadd" in out or "mulps" in out
+    report = ok(sparsejit_cli("compile", "tiny", "--sparsity", "dense", cwd=tmp_path))
+    assert "tiny" in report and "conv3" in report
+    fails_cleanly(sparsejit_cli("compile", "tiny", "--sparsity", "lots", cwd=tmp_path),
+                  "--sparsity", "lots")
+    (tmp_path / "tiny").write_bytes(b"not a model")
+    fails_cleanly(sparsejit_cli("compile", "tiny", cwd=tmp_path), "tiny")
+
+
+def test_a_closed_pipe_is_not_a_traceback(tiny_path):
+    proc = subprocess.Popen([sys.executable, "-m", "sparsejit.cli", "inspect", str(tiny_path),
+                             "conv3", "--asm"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()  # as `| head -c 10` does
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
+
+
 def test_inspect_unknown_layer(tiny_path):
     err = fails_cleanly(sparsejit_cli("inspect", tiny_path, "conv99"), "conv99", "conv3")
     assert len(err.strip().splitlines()) == 1
