@@ -164,7 +164,9 @@ def fc_weights(graph: Graph, node: Node) -> tuple[np.ndarray, np.ndarray] | None
     b = graph.const(node.inputs[1])
     if b is None or b.ndim != 2:
         return None
-    w = (b if node.attrs.get("transB", 0) else b.T) * np.float32(node.attrs.get("alpha", 1.0))
+    w = b if node.attrs.get("transB", 0) else b.T
+    if node.attrs.get("alpha", 1.0) != 1.0:  # else no copy: VGG-16's fc6 alone is 400 MB
+        w = w * np.float32(node.attrs["alpha"])
     m = w.shape[0]
     bias = np.zeros(m, np.float32)
     if len(node.inputs) > 2 and node.inputs[2]:

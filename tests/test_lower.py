@@ -203,3 +203,17 @@ def test_aligned_copies_on_a_flat_run_is_a_clear_error():
     planes = node_model("Conv", {"x": xs}, {"w": ws}, strides=[4, 4])
     with pytest.raises(InvalidPlanError, match="conv_node"):
         sparsejit.compile(planes, plans={"conv_node": {"form": "table", "aligned_copies": True}})
+
+
+@pytest.mark.parametrize("trans_b, alpha, beta", [(1, 1.0, 1.0), (0, 1.0, 1.0), (1, 0.5, 2.0),
+                                                  (0, -3.0, 0.0)])
+def test_dense_fc_folds_gemm_alpha_beta_and_trans_b(trans_b, alpha, beta):
+    """A dense Gemm with constant weights runs on the packed dense-fc kernel; alpha scales W
+    (without a copy only when it is 1) and beta the bias, in both weight orientations."""
+    rng = np.random.default_rng(trans_b * 10 + int(abs(alpha)))
+    x = rng.standard_normal((3, 37)).astype(np.float32)
+    w = rng.standard_normal((70, 37) if trans_b else (37, 70)).astype(np.float32)
+    c = rng.standard_normal(70).astype(np.float32)
+    model = node_model("Gemm", {"x": x}, {"w": w, "c": c}, transB=trans_b, alpha=alpha, beta=beta)
+    cm = compiled_and_checked(model, {"x": x})
+    assert kinds(cm)["gemm_node"].startswith("dense-fc ")
