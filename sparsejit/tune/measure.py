@@ -3,7 +3,11 @@
 The kernel is rendered from the layer's spec exactly as compile() renders it (conv_layer.py),
 compiled and loaded on its own, run once on random input and compared with the numpy reference
 (output pads must stay untouched: the next layer reads them as zeros), then timed as the
-runtime step runs it: packing the input copy first when the plan needs one. Every outcome is a
+runtime runs it: through the generated schedule driver, on as many threads as the runtime
+would give the layer, with a barrier after each call; a sample is one driver call over a table
+of back-to-back calls, so the threads are handed work once per sample (a Python pool's hand-off,
+0.1-0.3 ms, once per call drowned small layers' times at threads > 1). A plan that reads a
+packed input copy is charged its pack (numpy, here) once per call. Every outcome is a
 `Measurement`: a kernel that fails to compile, computes a wrong answer or exceeds the time bound
 is a result to log, not an exception.
 """
@@ -17,11 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import llvm
+from ..codegen.render import KernelSource
+from ..codegen.schedule import SYMBOL as DRIVER_SYMBOL
+from ..codegen.schedule import render_schedule
 from ..conv_layer import ConvCode, ConvSpec, render_conv
 from ..kernels.direct_conv import DirectConvPlan, Epilogue, output_extent, parallel_units
 from ..kernels.reference import conv2d
 from ..runtime.buffers import aligned_zeros
-from ..runtime.steps import ConvFn, parallel
+from ..runtime.schedule import DriverFn, RunTable, new_barrier, run_native
+from ..runtime.steps import NATIVE_MIN_PARALLEL_FLOPS, NativeRow, useful_threads
 from ..targets import Target
 
 RTOL = 1e-4
@@ -31,6 +39,11 @@ MIN_SAMPLES = 3  # fewer timed samples within the bound than this is a timeout
 # A sample times enough back-to-back calls to last this long: a call of a small layer takes
 # microseconds, no more than the timer and the ctypes call around it.
 MIN_SAMPLE_S = 2e-4
+# Split across threads, far longer: on this 2-vCPU VM a ResNet-50 14 x 14 conv (0.5 ms) timed
+# 0.88-1.09x faster on 2 threads in 5 ms samples and 1.62-1.97x in 50 ms ones (rounds
+# interleaved); within a sample a row now and then stalls 2-4 ms at the barrier (the host
+# preempting a vCPU: a busy-loop sees such gaps 3x as often when both vCPUs are busy).
+MIN_THREADED_SAMPLE_S = 2e-2
 MAX_CALLS_PER_SAMPLE = 1000
 
 
@@ -85,24 +98,31 @@ def measure(spec: ConvSpec, plan: DirectConvPlan, target: Target, repeats: int =
         code = render_conv(spec, plan, target)
         library = llvm.CodeLibrary(target)
         library.add_object(llvm.compile_object(code.ir, target, plan.codegen_opt)[0])
+        driver_source = KernelSource(lambda: render_schedule(target.name), "schedule", target.name)
+        library.add_object(llvm.compile_source(driver_source, target, 2)[0])
         library.finalize()
-        fn = ConvFn(library.address(code.symbol))
+        kernel, driver = library.address(code.symbol), DriverFn(library.address(DRIVER_SYMBOL))
     except Exception as exc:  # compile failures are results: the tuner moves on
         return Measurement(plan, "error", error=f"{type(exc).__name__}: {exc}")
     compile_s = time.perf_counter() - start
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    pool = ThreadPoolExecutor(threads - 1) if threads > 1 else None
+    if pool is not None:  # start the workers now: the first call's time sizes the samples
+        for started in [pool.submit(time.sleep, 1e-3) for _ in range(threads - 1)]:
+            started.result()
     try:
-        result = _verify_and_time(spec, code, fn, repeats, time_bound, pool, threads, seed)
+        result = _verify_and_time(spec, code, kernel, driver, repeats, time_bound, pool, threads,
+                                  seed)
     finally:
         if pool is not None:
             pool.shutdown()
     result.compile_s = compile_s
-    del fn, library  # the engine (and its code) goes once nothing calls into it
+    del driver, library  # the code goes once nothing calls into it
     return result
 
 
-def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_bound: float,
-                     pool: ThreadPoolExecutor | None, threads: int, seed: int) -> Measurement:
+def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, driver: DriverFn, repeats: int,
+                     time_bound: float, pool: ThreadPoolExecutor | None, threads: int,
+                     seed: int) -> Measurement:
     wl, plan = spec.workload, code.plan
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, wl.in_channels, wl.height, wl.width)).astype(np.float32)
@@ -111,19 +131,30 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_boun
         spec.in_layout.write(src, x)
     dst = aligned_zeros(output_extent(wl, spec.out_layout, plan.vector_width))
     dst[:] = SENTINEL
-    in_ptr, out_ptr = src.ctypes.data, dst.ctypes.data
-    units = parallel_units(spec.workload, plan, code.pattern.blocks)
     # a fused residual is timed against zeros: the reference then needs no change
     res = aligned_zeros(spec.residual.image_stride) if spec.residual is not None else None
-    res_ptr = None if res is None else res.ctypes.data
+    units = parallel_units(wl, plan, code.pattern.blocks)
+    flops = 2 * code.pattern.nonzeros * wl.out_height * wl.out_width
+    # as runtime.steps.ActivationKernel.native_row makes the call for one image
+    row = NativeRow(kernel, src.ctypes.data, dst.ctypes.data, 0 if res is None else res.ctypes.data,
+                    1, units, False, useful_threads(threads, flops, units, NATIVE_MIN_PARALLEL_FLOPS))
 
-    def run() -> None:  # as runtime.steps.ActivationKernel runs it for one image
+    tables: dict[int, RunTable] = {}
+
+    def run(calls: int) -> float:
+        """Seconds per call of `calls` back-to-back calls (and the pack, once per call)."""
+        if calls not in tables:
+            tables[calls] = _table(row, calls)
+        table = tables[calls]
+        start = time.perf_counter()
         if code.pack is not None:
             code.pack.write(src, x)
-        parallel(pool, threads, lambda b0, b1: fn(in_ptr, out_ptr, res_ptr, 0, 1, b0, b1), units)
+        packed = time.perf_counter()
+        run_native(driver, table, pool)
+        return (time.perf_counter() - packed) / calls + (packed - start)
 
     first = time.perf_counter()
-    run()
+    run(1)
     first = time.perf_counter() - first
     got = np.array(spec.out_layout.read(dst, 1))
     problem = mismatch(got, reference_output(spec, x))
@@ -134,7 +165,8 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_boun
     if problem is not None:
         return Measurement(plan, "wrong", error=problem)
     # the first call ran on cold caches: it overestimates a call, so samples err long
-    calls = int(min(MAX_CALLS_PER_SAMPLE, max(1, MIN_SAMPLE_S // max(first, 1e-9))))
+    sample_s = MIN_THREADED_SAMPLE_S if row.threads > 1 else MIN_SAMPLE_S
+    calls = int(min(MAX_CALLS_PER_SAMPLE, max(1, sample_s // max(first, 1e-9))))
     times = _time(run, repeats, calls, time_bound - first)
     if len(times) < min(MIN_SAMPLES, repeats):
         return Measurement(plan, "timeout", times=times, calls_per_sample=calls,
@@ -142,17 +174,20 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, fn, repeats: int, time_boun
     return Measurement(plan, "ok", float(np.median(times)), times, calls_per_sample=calls)
 
 
+def _table(row: NativeRow, calls: int) -> RunTable:
+    """`calls` copies of the call, each but the last followed by a barrier when it is split:
+    as a network's consecutive layers meet."""
+    ints = [row.as_ints(barrier_after=row.threads > 1 and i + 1 < calls) for i in range(calls)]
+    return RunTable(np.array(ints, np.int64), row.threads, new_barrier(), [""] * calls)
+
+
 def _time(run, repeats: int, calls: int, bound: float) -> list[float]:
-    """Up to `repeats` samples of seconds per call (each the mean of `calls` calls), stopping
-    once they have taken `bound` seconds in all."""
+    """Up to `repeats` samples of seconds per call (`run(calls)`), stopping once they have
+    taken `bound` seconds in all."""
     times: list[float] = []
     spent = 0.0
     while len(times) < repeats and spent <= bound:
         start = time.perf_counter()
-        for _ in range(calls):
-            run()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed / calls)
-        spent += elapsed
+        times.append(run(calls))
+        spent += time.perf_counter() - start
     return times
-

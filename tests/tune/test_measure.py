@@ -104,3 +104,29 @@ def test_threads_split_the_channel_blocks_as_the_runtime_does():
     spec = make_spec(SPARSE_3X3, 0.3)
     r = measure(spec, select.choose_conv(SPARSE_3X3, spec.weight, HOST), HOST, repeats=3, threads=2)
     assert r.status == "ok", r.error
+
+
+@pytest.mark.parametrize("wl, threads_used", [
+    (ConvWorkload(64, 28, 28, 64, (3, 3), pads=(1, 1, 1, 1)), 2),  # ~6 M nonzero FLOPs
+    (SPARSE_3X3, 1),  # too small to split: the runtime would run it on one thread
+])
+def test_threads_get_one_table_of_calls_per_sample(monkeypatch, wl, threads_used):
+    """Each sample is one driver call over a table of back-to-back calls (barriers between
+    split ones), on the threads the runtime would give the layer: the threads are handed work
+    once per sample, not once per call."""
+    seen = []
+    real = measure_mod.run_native
+
+    def recording(driver, table, pool):
+        seen.append((table.threads, table.rows.copy()))
+        real(driver, table, pool)
+
+    monkeypatch.setattr(measure_mod, "run_native", recording)
+    spec = make_spec(wl, 0.1)
+    r = measure(spec, select.choose_conv(wl, spec.weight, HOST), HOST, repeats=4, threads=2)
+    assert r.status == "ok", r.error
+    assert len(seen) == 1 + len(r.times)  # the verifying call, then one per sample
+    for threads, rows in seen[1:]:
+        assert threads == threads_used and len(rows) == r.calls_per_sample
+        barriers = (rows[:, 6] & 2) != 0
+        assert list(barriers) == [threads_used > 1] * (len(rows) - 1) + [False]
