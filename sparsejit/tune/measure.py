@@ -5,8 +5,8 @@ compiled and loaded on its own, run once on random input and compared with the n
 (output pads must stay untouched: the next layer reads them as zeros), then timed as the
 runtime runs it: through the generated schedule driver, on as many threads as the runtime
 would give the layer, with a barrier after each call; a sample is one driver call over a table
-of back-to-back calls, so the threads are handed work once per sample (a Python pool's hand-off,
-0.1-0.3 ms, once per call drowned small layers' times at threads > 1). A plan that reads a
+of back-to-back calls, so the threads are handed work once per sample, not once per call as
+a Python pool did before (its hand-off was in every small layer's time). A plan that reads a
 packed input copy is charged its pack (numpy, here) once per call. Every outcome is a
 `Measurement`: a kernel that fails to compile, computes a wrong answer or exceeds the time bound
 is a result to log, not an exception.
