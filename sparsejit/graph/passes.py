@@ -109,7 +109,7 @@ def _set_conv_params(
     names = []
     for suffix, data in (("W", w), ("B", b)):
         name = graph.fresh_name(f"{conv.name}__{suffix}_folded")
-        data = data.astype(dtype)
+        data = data.astype(dtype, copy=False)  # the callers' arrays are new ones
         graph.values[name] = Value(name, data.dtype, data.shape, data)
         names.append(name)
     conv.inputs = [conv.inputs[0], *names]
