@@ -2,7 +2,8 @@
 
 The knobs are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
-order, aligned input copies, and the form (the unrolled form only while its code stays small).
+order, aligned input copies, the form (the unrolled form only while its code stays small) and,
+tuned for several threads, how threads divide the layer (channel blocks or output tiles).
 The default plan comes first, so every tuning run measures the baseline; then neighbours of the
 default (one knob changed: where the heuristics of select.py are most likely off by one step),
 then a seeded sample of the whole space (knobs that only pay off together).
@@ -54,17 +55,20 @@ class _Knobs:
     chunk: int
     order: str
     aligned: bool
+    split: str
 
 
 def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budget: int = 24,
-               seed: int = 0) -> list[DirectConvPlan]:
+               seed: int = 0, threads: int = 1) -> list[DirectConvPlan]:
     """At most `budget` distinct valid plans for this layer: the default first, then neighbours
-    of the default and a sample of the whole space, chosen deterministically from `seed`."""
+    of the default and a sample of the whole space, chosen deterministically from `seed`.
+    `threads`: what the plans will be timed on (the split between threads is a knob only
+    when there are several)."""
     default = select.choose_conv(workload, weight, target)
     if budget <= 1:
         return [default]
     layer = _layer(workload, weight, target)
-    axes = _axes(workload, layer, default)
+    axes = _axes(workload, layer, default, threads)
     base = _knobs_of(default)
     seen = {_canonical(default)}
     near = _distinct((_plan(k, default, layer) for k in _neighbours(base, axes)), seen)
@@ -86,7 +90,8 @@ def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target) -> _Layer
                   workload.group)
 
 
-def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan) -> dict[str, list]:
+def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan,
+          threads: int) -> dict[str, list]:
     """The values of every knob, the default's included (field order of _Knobs)."""
     blocks = sorted({*(DENSE_BLOCKS if layer.dense else SPARSE_BLOCKS), default.channels_per_block})
     tiles = sorted({(rb, cb)
@@ -101,7 +106,8 @@ def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan) -> dic
                else [default.aligned_copies])
     return {"form": ["table", "unrolled"], "tile": tiles, "block": blocks,
             "unroll": sorted({*UNROLLS, default.unroll}), "chunk": chunks, "order": list(ORDERS),
-            "aligned": sorted(set(aligned) | {default.aligned_copies})}
+            "aligned": sorted(set(aligned) | {default.aligned_copies}),
+            "split": ["blocks", "tiles"] if threads > 1 else [default.split]}
 
 
 def _tile_waste(layer: _Layer, rows: int, vectors: int) -> float:
@@ -111,7 +117,7 @@ def _tile_waste(layer: _Layer, rows: int, vectors: int) -> float:
 
 def _knobs_of(plan: DirectConvPlan) -> _Knobs:
     return _Knobs(plan.form, (plan.rows_per_tile, plan.vectors_per_row), plan.channels_per_block,
-                  plan.unroll, plan.channel_chunk, plan.loop_order, plan.aligned_copies)
+                  plan.unroll, plan.channel_chunk, plan.loop_order, plan.aligned_copies, plan.split)
 
 
 def _neighbours(base: _Knobs, axes: dict[str, list]):
@@ -139,7 +145,8 @@ def _plan(k: _Knobs, default: DirectConvPlan, layer: _Layer) -> DirectConvPlan |
     try:
         return replace(default, form=k.form, rows_per_tile=rb, vectors_per_row=cb,
                        channels_per_block=k.block, unroll=k.unroll, split_accumulators=split,
-                       channel_chunk=k.chunk, loop_order=k.order, aligned_copies=k.aligned)
+                       channel_chunk=k.chunk, loop_order=k.order, aligned_copies=k.aligned,
+                       split=k.split)
     except ValueError:  # e.g. the unrolled form with channel passes
         return None
 

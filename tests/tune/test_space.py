@@ -81,6 +81,15 @@ def test_the_space_covers_every_knob():
     assert len({(p.rows_per_tile, p.vectors_per_row) for p in plans}) > 5
 
 
+def test_threads_add_the_split_knob():
+    wl, density = CASES["sparse"]
+    w, host = weights(wl, density, seed=2), targets.get("avx512")
+    assert {p.split for p in candidates(wl, w, host, budget=10_000)} == {"blocks"}
+    plans = candidates(wl, w, host, budget=10_000, threads=2)
+    assert {p.split for p in plans} == {"blocks", "tiles"} and plans[0].split == "blocks"
+    assert any(p == replace(plans[0], split="tiles") for p in plans)  # a neighbour of the default
+
+
 def test_flat_runs_get_no_aligned_copies():
     """Shifted copies have rows of their own, a flat run reads its input's rows as they lie:
     the combination computed wrong answers (the tuner's check caught them), so it is not
