@@ -7,7 +7,8 @@ runtime runs it: through the generated schedule driver, on as many threads as th
 would give the layer, with a barrier after each call; a sample is one driver call over a table
 of back-to-back calls, so the threads are handed work once per sample, not once per call as
 a Python pool did before (its hand-off was in every small layer's time). A plan that reads a
-packed input copy is charged its pack (numpy, here) once per call. Every outcome is a
+packed input copy runs the generated repack kernel before each call, as the runtime does.
+Every outcome is a
 `Measurement`: a kernel that fails to compile, computes a wrong answer or exceeds the time bound
 is a result to log, not an exception.
 """
@@ -22,6 +23,8 @@ import numpy as np
 
 from .. import llvm
 from ..codegen.render import KernelSource
+from ..codegen.repack import kernel_symbol as repack_symbol
+from ..codegen.repack import render_repack
 from ..codegen.schedule import SYMBOL as DRIVER_SYMBOL
 from ..codegen.schedule import render_schedule
 from ..conv_layer import ConvCode, ConvSpec, render_conv
@@ -98,10 +101,14 @@ def measure(spec: ConvSpec, plan: DirectConvPlan, target: Target, repeats: int =
         code = render_conv(spec, plan, target)
         library = llvm.CodeLibrary(target)
         library.add_object(llvm.compile_object(code.ir, target, plan.codegen_opt)[0])
+        if code.pack is not None:
+            library.add_object(llvm.compile_object(_repack_ir(spec, code, target), target, 2)[0])
         driver_source = KernelSource(lambda: render_schedule(target.name), "schedule", target.name)
         library.add_object(llvm.compile_source(driver_source, target, 2)[0])
         library.finalize()
         kernel, driver = library.address(code.symbol), DriverFn(library.address(DRIVER_SYMBOL))
+        repack = (None if code.pack is None else
+                  library.address(repack_symbol(spec.name, code.pack, target.vector_width)))
     except Exception as exc:  # compile failures are results: the tuner moves on
         return Measurement(plan, "error", error=f"{type(exc).__name__}: {exc}")
     compile_s = time.perf_counter() - start
@@ -110,8 +117,8 @@ def measure(spec: ConvSpec, plan: DirectConvPlan, target: Target, repeats: int =
         for started in [pool.submit(time.sleep, 1e-3) for _ in range(threads - 1)]:
             started.result()
     try:
-        result = _verify_and_time(spec, code, kernel, driver, repeats, time_bound, pool, threads,
-                                  seed)
+        result = _verify_and_time(spec, code, kernel, repack, driver, repeats, time_bound, pool,
+                                  threads, seed)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -120,15 +127,24 @@ def measure(spec: ConvSpec, plan: DirectConvPlan, target: Target, repeats: int =
     return result
 
 
-def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, driver: DriverFn, repeats: int,
-                     time_bound: float, pool: ThreadPoolExecutor | None, threads: int,
-                     seed: int) -> Measurement:
+def _repack_ir(spec: ConvSpec, code: ConvCode, target: Target) -> str:
+    """The kernel copying the producer's layout into the plan's packed input (lower.py's)."""
+    return render_repack(spec.name, spec.workload.in_channels, spec.in_layout, code.pack, 0,
+                         target.vector_width, target.name)
+
+
+def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, repack: int | None,
+                     driver: DriverFn, repeats: int, time_bound: float,
+                     pool: ThreadPoolExecutor | None, threads: int, seed: int) -> Measurement:
     wl, plan = spec.workload, code.plan
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, wl.in_channels, wl.height, wl.width)).astype(np.float32)
     src = aligned_zeros(code.input_floats(wl, 1))
     if code.pack is None:
         spec.in_layout.write(src, x)
+    else:  # the producer's layout, which the repack kernel copies into src
+        produced = aligned_zeros(spec.in_layout.image_stride)
+        spec.in_layout.write(produced, x)
     dst = aligned_zeros(output_extent(wl, spec.out_layout, plan.vector_width))
     dst[:] = SENTINEL
     # a fused residual is timed against zeros: the reference then needs no change
@@ -138,20 +154,21 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, driver: Driver
     # as runtime.steps.ActivationKernel.native_row makes the call for one image
     row = NativeRow(kernel, src.ctypes.data, dst.ctypes.data, 0 if res is None else res.ctypes.data,
                     1, units, False, useful_threads(threads, flops, units, NATIVE_MIN_PARALLEL_FLOPS))
+    call = [row]
+    if repack is not None:  # as lower.py's repack step: over channels, its work the copy's size
+        c, copied = wl.in_channels, wl.in_channels * wl.height * wl.width
+        call.insert(0, NativeRow(repack, produced.ctypes.data, src.ctypes.data, 0, 1, c, False,
+                                 useful_threads(threads, copied, c, NATIVE_MIN_PARALLEL_FLOPS)))
 
     tables: dict[int, RunTable] = {}
 
     def run(calls: int) -> float:
-        """Seconds per call of `calls` back-to-back calls (and the pack, once per call)."""
+        """Seconds per call of `calls` back-to-back calls (each with its repack, if any)."""
         if calls not in tables:
-            tables[calls] = _table(row, calls)
-        table = tables[calls]
+            tables[calls] = _table(call, calls)
         start = time.perf_counter()
-        if code.pack is not None:
-            code.pack.write(src, x)
-        packed = time.perf_counter()
-        run_native(driver, table, pool)
-        return (time.perf_counter() - packed) / calls + (packed - start)
+        run_native(driver, tables[calls], pool)
+        return (time.perf_counter() - start) / calls
 
     first = time.perf_counter()
     run(1)
@@ -174,11 +191,15 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, driver: Driver
     return Measurement(plan, "ok", float(np.median(times)), times, calls_per_sample=calls)
 
 
-def _table(row: NativeRow, calls: int) -> RunTable:
-    """`calls` copies of the call, each but the last followed by a barrier when it is split:
-    as a network's consecutive layers meet."""
-    ints = [row.as_ints(barrier_after=row.threads > 1 and i + 1 < calls) for i in range(calls)]
-    return RunTable(np.array(ints, np.int64), row.threads, new_barrier(), [""] * calls)
+def _table(call: list[NativeRow], calls: int) -> RunTable:
+    """`calls` copies of the call's rows, a barrier after each row but the last when this row
+    or the next is split: as build_table meets a network's consecutive layers."""
+    rows = call * calls
+    most = max(r.threads for r in rows)
+    ints = [r.as_ints(barrier_after=most > 1 and i + 1 < len(rows)
+                      and max(r.threads, rows[i + 1].threads) > 1)
+            for i, r in enumerate(rows)]
+    return RunTable(np.array(ints, np.int64), most, new_barrier(), [""] * len(rows))
 
 
 def _time(run, repeats: int, calls: int, bound: float) -> list[float]:

@@ -130,3 +130,27 @@ def test_threads_get_one_table_of_calls_per_sample(monkeypatch, wl, threads_used
         assert threads == threads_used and len(rows) == r.calls_per_sample
         barriers = (rows[:, 6] & 2) != 0
         assert list(barriers) == [threads_used > 1] * (len(rows) - 1) + [False]
+
+
+@pytest.mark.parametrize("wl, override", [(STRIDED, {}), (SPARSE_3X3, {"aligned_copies": True})],
+                         ids=["strided", "aligned-copies"])
+def test_a_packed_input_is_copied_by_the_repack_kernel_before_each_call(monkeypatch, wl, override):
+    """As the runtime runs it: the generated repack (producer's layout -> the plan's packed
+    copy) then the conv, call after call, both in the timed table."""
+    seen = []
+    real = measure_mod.run_native
+
+    def recording(driver, table, pool):
+        seen.append(table.rows.copy())
+        real(driver, table, pool)
+
+    monkeypatch.setattr(measure_mod, "run_native", recording)
+    spec = make_spec(wl, 0.3)
+    plan = select.apply_override(select.choose_conv(wl, spec.weight, HOST), override, "x")
+    r = measure(spec, plan, HOST, repeats=3, threads=2)
+    assert r.status == "ok", r.error
+    for rows in seen:
+        repacks, convs = rows[0::2, 0], rows[1::2, 0]
+        assert len(repacks) == len(convs) and len(set(repacks)) == 1 and len(set(convs)) == 1
+        assert repacks[0] != convs[0]
+        assert (rows[0::2, 2] == rows[1::2, 1]).all()  # the repack writes what the conv reads
