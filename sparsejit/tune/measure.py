@@ -31,8 +31,8 @@ from ..conv_layer import ConvCode, ConvSpec, render_conv
 from ..kernels.direct_conv import DirectConvPlan, Epilogue, output_extent, parallel_units
 from ..kernels.reference import conv2d
 from ..runtime.buffers import aligned_zeros
-from ..runtime.schedule import DriverFn, RunTable, new_barrier, run_native
-from ..runtime.steps import NATIVE_MIN_PARALLEL_FLOPS, NativeRow, useful_threads
+from ..runtime.schedule import DriverFn, NativeRun, RunTable, build_table, run_native
+from ..runtime.steps import ActivationKernel, Arena
 from ..targets import Target
 
 RTOL = 1e-4
@@ -149,23 +149,25 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, repack: int | 
     dst[:] = SENTINEL
     # a fused residual is timed against zeros: the reference then needs no change
     res = aligned_zeros(spec.residual.image_stride) if spec.residual is not None else None
-    units = parallel_units(wl, plan, code.pattern.blocks)
-    flops = 2 * code.pattern.nonzeros * wl.out_height * wl.out_width
-    # as runtime.steps.ActivationKernel.native_row makes the call for one image
-    row = NativeRow(kernel, src.ctypes.data, dst.ctypes.data, 0 if res is None else res.ctypes.data,
-                    1, units, False, useful_threads(threads, flops, units, NATIVE_MIN_PARALLEL_FLOPS))
-    call = [row]
-    if repack is not None:  # as lower.py's repack step: over channels, its work the copy's size
-        c, copied = wl.in_channels, wl.in_channels * wl.height * wl.width
-        call.insert(0, NativeRow(repack, produced.ctypes.data, src.ctypes.data, 0, 1, c, False,
-                                 useful_threads(threads, copied, c, NATIVE_MIN_PARALLEL_FLOPS)))
-
+    # the runtime's own steps (as lower.py makes them, for one image) over these buffers
+    buffers = {"x": src, "y": dst} if repack is None else {"produced": produced, "x": src, "y": dst}
+    if res is not None:
+        buffers["residual"] = res
+    arena = Arena(1, list(buffers.values()), {name: i for i, name in enumerate(buffers)}, {})
+    conv = ActivationKernel(spec.name, "x", "y", None, parallel_units(wl, plan, code.pattern.blocks),
+                            1, 2 * code.pattern.nonzeros * wl.out_height * wl.out_width,
+                            None if res is None else "residual", address=kernel)
+    call = [conv]
+    if repack is not None:
+        call.insert(0, ActivationKernel(f"{spec.name}:pack", "produced", "x", None, wl.in_channels,
+                                        1, wl.in_channels * wl.height * wl.width, address=repack,
+                                        into_scratch=True))
     tables: dict[int, RunTable] = {}
 
     def run(calls: int) -> float:
         """Seconds per call of `calls` back-to-back calls (each with its repack, if any)."""
-        if calls not in tables:
-            tables[calls] = _table(call, calls)
+        if calls not in tables:  # barriers between the calls, as between a network's layers
+            tables[calls] = build_table(NativeRun(tuple(call * calls)), arena, threads)
         start = time.perf_counter()
         run_native(driver, tables[calls], pool)
         return (time.perf_counter() - start) / calls
@@ -182,24 +184,13 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, repack: int | 
     if problem is not None:
         return Measurement(plan, "wrong", error=problem)
     # the first call ran on cold caches: it overestimates a call, so samples err long
-    sample_s = MIN_THREADED_SAMPLE_S if row.threads > 1 else MIN_SAMPLE_S
+    sample_s = MIN_THREADED_SAMPLE_S if tables[1].threads > 1 else MIN_SAMPLE_S
     calls = int(min(MAX_CALLS_PER_SAMPLE, max(1, sample_s // max(first, 1e-9))))
     times = _time(run, repeats, calls, time_bound - first)
     if len(times) < min(MIN_SAMPLES, repeats):
         return Measurement(plan, "timeout", times=times, calls_per_sample=calls,
                            error=f"{len(times)} timed samples within the {time_bound:g} s bound")
     return Measurement(plan, "ok", float(np.median(times)), times, calls_per_sample=calls)
-
-
-def _table(call: list[NativeRow], calls: int) -> RunTable:
-    """`calls` copies of the call's rows, a barrier after each row but the last when this row
-    or the next is split: as build_table meets a network's consecutive layers."""
-    rows = call * calls
-    most = max(r.threads for r in rows)
-    ints = [r.as_ints(barrier_after=most > 1 and i + 1 < len(rows)
-                      and max(r.threads, rows[i + 1].threads) > 1)
-            for i, r in enumerate(rows)]
-    return RunTable(np.array(ints, np.int64), most, new_barrier(), [""] * len(rows))
 
 
 def _time(run, repeats: int, calls: int, bound: float) -> list[float]:
