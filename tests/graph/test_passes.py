@@ -178,6 +178,26 @@ def test_a_writable_weight_read_by_one_conv_is_folded_in_place(shared):
     _same_results(before, graph, x, f"in-place fold, shared={shared}")
 
 
+def test_a_weight_passed_on_by_a_bias_fold_is_not_scaled_in_place_for_its_other_reader():
+    """conv c1 shares w with c2; an Add after c1 folds into c1's bias and hands w on under a
+    new name; the Mul after it must not scale that array in place (c2 still reads it)."""
+    rng = _rng(7)
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c1"], name="c1"),
+             oh.make_node("Add", ["c1", "a"], ["y1"]),
+             oh.make_node("Mul", ["y1", "k"], ["y2"]),
+             oh.make_node("Conv", ["x", "w"], ["c2"], name="c2")]
+    consts = {"w": rng.standard_normal((3, 2, 3, 3)).astype(F32),
+              "a": rng.standard_normal((3, 1, 1)).astype(F32),
+              "k": rng.standard_normal((3, 1, 1)).astype(F32)}
+    x = {"x": rng.standard_normal((1, 2, 5, 5)).astype(F32)}
+    before = import_graph(make_model(nodes, x, ["y2", "c2"], consts))
+    graph = copy.deepcopy(before)
+    fold_scale_shift(graph)
+    assert sorted(n.op for n in graph.nodes) == ["Conv", "Conv"]
+    np.testing.assert_array_equal(graph.const("w"), before.const("w"))
+    _same_results(before, graph, x, "bias fold then scale, shared weight")
+
+
 # -- scale / shift ------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed,op,shape,conv_first", [
     (0, "Mul", (6, 1, 1), True), (1, "Mul", (1, 6, 1, 1), False), (2, "Add", (6, 1, 1), False),
