@@ -13,6 +13,9 @@ import numpy as np
 
 from .layout import round_up
 
+# columns of W transposed at a time by pack_weights: 512 rows of a tile's output stay in cache
+_PACK_COLUMNS = 512
+
 
 @dataclass(frozen=True)
 class GemmWorkload:
@@ -58,5 +61,3 @@ def pack_weights(weight_mc: np.ndarray, plan: GemmPlan) -> np.ndarray:
         tile_major[tile, :, rows.shape[0]:] = 0.0
     return packed
 
-
-_PACK_COLUMNS = 512
