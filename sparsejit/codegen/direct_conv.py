@@ -89,8 +89,20 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
     return render(TEMPLATES[plan.form], k=k)
 
 
-def _block_entries(pattern: Pattern) -> list[list[tuple[int, int]]]:
-    """Per block, (entry index, input offset) pairs: the unrolled form's immediates."""
-    starts = pattern.segment_start
-    return [[(e, int(pattern.offsets[e])) for e in range(int(starts[b]), int(starts[b + 1]))]
-            for b in range(pattern.blocks)]
+def _block_entries(pattern: Pattern) -> list[SimpleNamespace]:
+    """Per block, the unrolled form's straight-line code: for each entry (entry index, input
+    offset, [(channel j, index of j's previous FMA or -1)]) and each channel's last FMA (or -1).
+    A channel's zero weights at the block's union positions get no FMA: channels of a block
+    share each loaded input vector, not the work of each other's nonzeros."""
+    starts, w = pattern.segment_start, pattern.weights
+    blocks = []
+    for b in range(pattern.blocks):
+        last = [-1] * w.shape[1]
+        entries = []
+        for i, e in enumerate(range(int(starts[b]), int(starts[b + 1]))):
+            uses = [(j, last[j]) for j in np.flatnonzero(w[e]).tolist()]
+            for j, _ in uses:
+                last[j] = i
+            entries.append((e, int(pattern.offsets[e]), uses))
+        blocks.append(SimpleNamespace(entries=entries, last=last))
+    return blocks

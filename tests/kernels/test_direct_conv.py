@@ -370,3 +370,29 @@ def test_plane_conv_needs_equal_strides_and_long_enough_rows():
     assert plane_conv(replace(wl, strides=(1, 1)), 64) is None
     assert plane_conv(replace(wl, dilations=(2, 2)), 64) is None
     assert plane_conv(ConvWorkload(3, 14, 14, 4, (1, 1), (2, 2)), 64) is None  # subsampled instead
+
+
+def test_unrolled_blocks_give_each_channel_only_its_own_nonzeros():
+    """In the unrolled form the channels of a block share each loaded input vector of the
+    block's union of positions, but a channel gets an FMA only where its own weight is nonzero:
+    one FMA per nonzero and accumulator (tests/runtime/test_bad_input.py checks that an Inf
+    input then reaches only the channels with a weight there)."""
+    from sparsejit.codegen.direct_conv import render_direct_conv
+    from sparsejit.kernels.direct_conv import Epilogue, build_pattern
+
+    wl = ConvWorkload(4, 6, 9, 4, (3, 3), pads=(1, 1, 1, 1))
+    w = np.zeros((4, 4, 3, 3), np.float32)
+    w[0, 0, 0, 0] = w[0, 1, 1, 1] = w[1, 2, 2, 2] = w[2, 0, 0, 0] = w[3, 3, 1, 0] = 1.5
+    plan = DirectConvPlan(form="unrolled", vector_width=16, rows_per_tile=2, vectors_per_row=1,
+                          channels_per_block=2)
+    layout = Layout.padded(4, 6, 9, (1, 1, 1, 1), align=16)
+    out = Layout.padded(4, 6, 9, (1, 1, 1, 1), align=16)
+    pattern = build_pattern(w, wl, layout, plan)
+    assert pattern.entries == 5  # block 0's union is 3 positions, block 1's 2
+    ir = render_direct_conv("u", wl, plan, pattern, np.zeros(4, np.float32), Epilogue(), layout,
+                            out, "avx512")
+    assert ir.count("call <16 x float> @llvm.fmuladd") == 5 * plan.rows_per_tile
+    case = ConvCase(4, 6, 9, 4, (3, 3), pads=(1, 1, 1, 1), density=0.3,
+                    plan=dict(form="unrolled", channels_per_block=2))
+    for target in TARGETS:
+        run_case(case, target, seed=31)
