@@ -35,9 +35,12 @@ def environment() -> jinja2.Environment:
 
 @lru_cache(maxsize=1)
 def templates_digest() -> str:
-    """A hash of every template's text: part of each kernel's source key."""
+    """A hash of every template's text and of the codegen modules that fill them in: part of
+    each kernel's source key (a key names what a kernel is rendered from, not its IR text, so a
+    change to a renderer must change it too, or a warm cache would serve the old code)."""
     h = hashlib.sha256()
-    for path in sorted(_template_dir().glob("*.j2")):
+    renderers = sorted(Path(__file__).resolve().parent.glob("*.py"))
+    for path in sorted(_template_dir().glob("*.j2")) + renderers:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
