@@ -67,7 +67,7 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         NCH=pattern.chunks,
         order=plan.loop_order,
         split=plan.split,
-        chan=i32_list(pattern.channels),
+        **inside(workload, plan, pattern.blocks),
         bias=float_list(bias),
         table=byte_string(table.astype("<i4")),
         table_bytes=table.size * 4,
@@ -87,6 +87,24 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
     if plan.form == "unrolled" and pattern.weights.size == 0:
         k.weights, k.weights_bytes = "\\00\\00\\00\\00", 4
     return render(TEMPLATES[plan.form], k=k)
+
+
+def inside(workload: ConvWorkload, plan: DirectConvPlan, blocks: int) -> dict[str, list[bool]]:
+    """What holds in every tile and block, so the kernel need not test it: channel j of every
+    block is a real output channel (`chan_inside`), row r of every tile an output row
+    (`row_inside`), vector c of every tile starts before the row's end (`vector_inside`) or
+    lies wholly within it (`lanes_inside`; never in a flat run, whose lanes between rows are
+    not outputs). The last block and tile are the ones that can fall short."""
+    v, rb, cb, mb = plan.vector_width, plan.rows_per_tile, plan.vectors_per_row, plan.channels_per_block
+    ty, tx = tiles(workload, plan)
+    last_y, last_x = (ty - 1) * rb, (tx - 1) * cb * v
+    q = workload.tile_width
+    return {
+        "chan_inside": [(blocks - 1) * mb + j < workload.out_channels for j in range(mb)],
+        "row_inside": [last_y + r < workload.tile_rows for r in range(rb)],
+        "vector_inside": [last_x + c * v < q for c in range(cb)],
+        "lanes_inside": [not workload.flat_stride and last_x + (c + 1) * v <= q for c in range(cb)],
+    }
 
 
 def _block_entries(pattern: Pattern) -> list[SimpleNamespace]:
