@@ -80,6 +80,9 @@ class ConvWorkload:
                              shifts=self.column_shifts() if shifted else 1)
 
 
+LOOP_ORDERS = ("block_tile", "tile_block", "tile_chunk_block")
+
+
 @dataclass(frozen=True)
 class DirectConvPlan:
     """Blocking and form of one direct-conv kernel: plain data a tuner can vary."""
@@ -92,7 +95,10 @@ class DirectConvPlan:
     unroll: int = 2  # table form: nonzeros per loop iteration
     split_accumulators: bool = False  # one accumulator set per unrolled nonzero (short tiles)
     channel_chunk: int = 0  # table form: input channels (per group) per pass; 0 = all in one pass
-    loop_order: str = "block_tile"  # table form: channel blocks outside tiles, or "tile_block"
+    # table form, per pass over input channels: channel blocks outside tiles ("block_tile") or
+    # tiles outside blocks ("tile_block"); or "tile_chunk_block": every pass of a tile before
+    # the next tile (its partial sums stay in cache between passes)
+    loop_order: str = "block_tile"
     aligned_copies: bool = False  # pack one input copy per column shift: all loads aligned
     # what threads divide: output-channel blocks (each thread reads all of the input), or
     # output tiles (each reads its rows' input, mostly what it wrote as the layer before)
@@ -102,8 +108,7 @@ class DirectConvPlan:
     def __post_init__(self) -> None:
         checks = [
             (self.form in ("table", "unrolled"), "form must be 'table' or 'unrolled'"),
-            (self.loop_order in ("block_tile", "tile_block"),
-             "loop_order must be 'block_tile' or 'tile_block'"),
+            (self.loop_order in LOOP_ORDERS, f"loop_order must be one of {LOOP_ORDERS}"),
             (self.vector_width in (1, 4, 8, 16), "vector_width must be 1, 4, 8 or 16"),
             (self.split in ("blocks", "tiles"), "split must be 'blocks' or 'tiles'"),
             (min(self.rows_per_tile, self.vectors_per_row, self.unroll,
@@ -127,7 +132,7 @@ class DirectConvPlan:
         """Names the variant in kernel symbols, e.g. table_v16_r4x1_m1_u2."""
         split = "s" if self.split_accumulators else ""
         chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
-        order = "_tb" if self.loop_order == "tile_block" else ""
+        order = {"block_tile": "", "tile_block": "_tb", "tile_chunk_block": "_tcb"}[self.loop_order]
         aligned = "_a" if self.aligned_copies else ""
         tiles = "_st" if self.split == "tiles" else ""
         return (f"{self.form}_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_row}"

@@ -19,14 +19,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..kernels import select
-from ..kernels.direct_conv import ConvWorkload, DirectConvPlan
+from ..kernels.direct_conv import LOOP_ORDERS, ConvWorkload, DirectConvPlan
 from ..targets import Target
 
 SPARSE_BLOCKS = (1, 2, 4)
 DENSE_BLOCKS = (4, 6, 8)
 UNROLLS = (1, 2, 4)
 CHUNKS = (0, 16, 32, 64, 128)
-ORDERS = ("block_tile", "tile_block")
+ORDERS = LOOP_ORDERS
 # A register block covering more than this much padded output (rows rounded up to whole tiles,
 # vectors to whole row blocks) mostly computes garbage lanes: not worth a measurement.
 MAX_TILE_WASTE = 1.25

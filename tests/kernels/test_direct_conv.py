@@ -16,7 +16,7 @@ import pytest
 
 from sparsejit import targets
 from sparsejit.kernels import select
-from sparsejit.kernels.direct_conv import (ConvWorkload, DirectConvPlan, flat_pays, flat_rows,
+from sparsejit.kernels.direct_conv import (LOOP_ORDERS, ConvWorkload, DirectConvPlan, flat_pays, flat_rows,
                                           parallel_units, plane_conv, plane_row_floats,
                                           plane_weights, tails_into_padding)
 from sparsejit.kernels.reference import conv2d
@@ -114,6 +114,10 @@ TABLE_BLOCKINGS = [
     dict(rows_per_tile=4, vectors_per_row=1, channel_chunk=5, channels_per_block=2, unroll=3,
          split_accumulators=True),
     dict(rows_per_tile=1, vectors_per_row=3, loop_order="tile_block"),
+    dict(rows_per_tile=2, vectors_per_row=2, channel_chunk=3, loop_order="tile_chunk_block"),
+    dict(rows_per_tile=3, vectors_per_row=1, channel_chunk=5, channels_per_block=2, unroll=3,
+         loop_order="tile_chunk_block"),
+    dict(rows_per_tile=2, vectors_per_row=1, loop_order="tile_chunk_block"),  # one pass
 ]
 
 
@@ -139,6 +143,7 @@ def test_channel_passes(blocking, group, target):
 SPLIT_TILE_PLANS = [
     dict(form="table", rows_per_tile=2, vectors_per_row=1),
     dict(form="table", rows_per_tile=3, vectors_per_row=2, channel_chunk=4, loop_order="tile_block"),
+    dict(form="table", rows_per_tile=2, vectors_per_row=1, channel_chunk=5, loop_order="tile_chunk_block"),
     dict(form="table", rows_per_tile=1, vectors_per_row=1, channel_chunk=3, channels_per_block=2),
     dict(form="unrolled", rows_per_tile=2, vectors_per_row=1),
     dict(form="unrolled", rows_per_tile=4, vectors_per_row=2, channels_per_block=3),
@@ -245,6 +250,7 @@ def test_flat_run_needs_equal_row_strides_and_room():
 
 
 RESIDUAL_PLANS = [{"form": "table"}, {"form": "table", "channel_chunk": 2},
+                  {"form": "table", "channel_chunk": 2, "loop_order": "tile_chunk_block"},
                   {"form": "table", "channels_per_block": 2}, {"form": "unrolled"},
                   {"form": "unrolled", "channels_per_block": 2}]
 
@@ -285,7 +291,7 @@ def test_random_mix():
                                   unroll=int(rng.integers(1, 4))))
         if case.plan["form"] == "table":
             case.plan.update(channel_chunk=int(rng.choice([0, 1, 2])),
-                             loop_order=str(rng.choice(["block_tile", "tile_block"])),
+                             loop_order=str(rng.choice(LOOP_ORDERS)),
                              aligned_copies=bool(rng.choice([False, True])))
         target = TARGETS[i % len(TARGETS)]
         run_case(case, target, seed=int(rng.integers(1 << 30)))

@@ -74,7 +74,7 @@ def test_the_space_covers_every_knob():
     wl, density = CASES["sparse"]
     plans = candidates(wl, weights(wl, density, seed=2), targets.get("avx512"), budget=10_000)
     assert {p.form for p in plans} == {"table", "unrolled"}
-    assert {p.loop_order for p in plans} == {"block_tile", "tile_block"}
+    assert {p.loop_order for p in plans} == {"block_tile", "tile_block", "tile_chunk_block"}
     assert {p.aligned_copies for p in plans} == {False, True}
     assert {p.unroll for p in plans if p.form == "table"} == {1, 2, 4}
     assert {p.channel_chunk for p in plans} == {0, 16, 32}  # < 40 channels
