@@ -402,3 +402,25 @@ def test_unrolled_blocks_give_each_channel_only_its_own_nonzeros():
                     plan=dict(form="unrolled", channels_per_block=2))
     for target in TARGETS:
         run_case(case, target, seed=31)
+
+
+def test_one_tile_kernels_with_large_tables_prefetch_them():
+    """A layer run in one tile streams its table once per image; past PREFETCH_MIN_TABLE_BYTES
+    the kernel prefetches it ahead (prefetches past the table's end must not fault: the harness
+    checks the answer, and reads and writes against guard pages)."""
+    from sparsejit.codegen import direct_conv as codegen
+    from sparsejit.kernels.direct_conv import Epilogue, build_pattern, tiles
+
+    case = ConvCase(1024, 4, 4, 1024, (1, 1), density=0.1, batch=2)
+    wl = case.workload()
+    w = (np.arange(1024 * 1024).reshape(1024, 1024, 1, 1) % 10 == 0).astype(np.float32)
+    plan = select.choose_conv(wl, w, targets.get("avx512"))
+    layout = Layout.padded(1024, 4, 4, (0, 0, 0, 0), align=16)
+    pattern = build_pattern(w, wl, layout, plan)
+    assert tiles(wl, plan) == (1, 1)
+    assert pattern.entries * 8 > codegen.PREFETCH_MIN_TABLE_BYTES
+    ir = codegen.render_direct_conv("p", wl, plan, pattern, np.zeros(1024, np.float32), Epilogue(),
+                                    layout, layout, "avx512")
+    assert "call void @llvm.prefetch.p0(ptr %pf" in ir
+    for target in TARGETS:
+        run_case(case, target, seed=7)
