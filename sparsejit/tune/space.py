@@ -152,9 +152,12 @@ def _plan(k: _Knobs, default: DirectConvPlan, layer: _Layer) -> DirectConvPlan |
 
 
 def _canonical(plan: DirectConvPlan) -> DirectConvPlan:
-    """Plans that generate the same code compare equal: the unrolled form has no loop to unroll."""
+    """Plans that run the same loops compare equal: the unrolled form has no loop to unroll, and
+    with one pass, passes inside tiles are tiles outside blocks."""
     if plan.form == "unrolled":
         return replace(plan, unroll=1, split_accumulators=False)
+    if plan.channel_chunk == 0 and plan.loop_order == "tile_chunk_block":
+        return replace(plan, loop_order="tile_block")
     return plan
 
 
