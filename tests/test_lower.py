@@ -78,6 +78,40 @@ def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
     assert flat["conv3x3"] == flat["conv1x1"] == flat["shortcut"] == size + 2, flat
     # strided: a flat run too, over its input's phase planes, rows as far apart as the map's
     assert flat["down"] == size + 2 and "down:planes" in kinds(cm), flat
+    # no pool reads the map: each channel's interior starts on a vector, channels whole vectors
+    # apart (rows added above and below), so the 1x1 conv's flat run loads aligned vectors
+    v = targets.host_target().vector_width
+    specs = {i.name: i.spec for i in cm.lowered().layers if i.spec is not None}
+    for layout in (specs["conv1x1"].in_layout, specs["conv1x1"].out_layout, specs["conv3x3"].in_layout):
+        assert layout.interior_origin % v == 0 and layout.channel_stride % v == 0, layout
+        assert layout.row_stride == size + 2
+
+
+def test_aligned_planes_add_rows_only():
+    from sparsejit.lower import aligned_planes
+    # 7 x 7 in rows of 9 on 16 lanes: interior at 7 * 9 + 1 = 64, 16 rows = 144 floats
+    assert aligned_planes(7, 7, (1, 1, 1, 1), 16) == (7, 1, 2, 1)
+    # already aligned: unchanged
+    assert aligned_planes(14, 14, (0, 0, 2, 2), 16) == (0, 0, 2, 2)
+    # rows of 10 with the interior at an odd column: no number of rows aligns it
+    assert aligned_planes(8, 8, (1, 1, 1, 1), 16) == (1, 1, 1, 1)
+
+
+def test_a_small_map_that_a_pool_reads_keeps_its_planes():
+    """Windowed pools ran slower over aligned planes (GoogLeNet's 7 x 7 inception pools): a map
+    a MaxPool reads keeps the plain padded rows; the answer is the same."""
+    from sparsejit import targets
+    size = _flat_map_size(targets.host_target().vector_width)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 8, size, size)).astype(np.float32)
+    w1 = (rng.standard_normal((8, 8, 3, 3)) * (rng.random((8, 8, 3, 3)) < 0.4)).astype(np.float32)
+    w2 = (rng.standard_normal((8, 8, 1, 1)) * (rng.random((8, 8, 1, 1)) < 0.4)).astype(np.float32)
+    nodes = [oh.make_node("Conv", ["x", "w1"], ["a"], name="conv3x3", pads=[1, 1, 1, 1]),
+             oh.make_node("MaxPool", ["a"], ["p"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["p", "w2"], ["y"], name="conv1x1")]
+    cm = compiled_and_checked(make_model(nodes, {"x": x}, ["y"], {"w1": w1, "w2": w2}), {"x": x})
+    spec = next(i.spec for i in cm.lowered().layers if i.name == "conv1x1")
+    assert spec.in_layout.pad_top == 1 and spec.workload.flat_stride == size + 2
 
 
 def test_concat_copies_into_the_output_and_flatten_is_a_view():
