@@ -251,3 +251,23 @@ def test_dense_fc_folds_gemm_alpha_beta_and_trans_b(trans_b, alpha, beta):
     model = node_model("Gemm", {"x": x}, {"w": w, "c": c}, transB=trans_b, alpha=alpha, beta=beta)
     cm = compiled_and_checked(model, {"x": x})
     assert kinds(cm)["gemm_node"].startswith("dense-fc ")
+
+
+@pytest.mark.parametrize("target", ["sse", "avx2", "avx512"])
+@pytest.mark.parametrize("batch", [1, 3, 8, 11])
+def test_dense_fc_takes_a_batch_in_one_pass_where_registers_allow(batch, target):
+    """A dense FC streams W once per tile of rows: up to 8 rows on 32 registers, 4 on 16; a
+    batch that is not a multiple of the tile ends in a partial one (batch 11 on 8 rows)."""
+    from sparsejit import targets
+    from sparsejit.kernels import select
+    tgt = targets.get(target)
+    if not targets.can_run(tgt):
+        pytest.skip(f"the host cannot run {target} code")
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 45)).astype(np.float32)
+    w = rng.standard_normal((70, 45)).astype(np.float32)
+    model = node_model("Gemm", {"x": x}, {"w": w}, transB=1)
+    cm = sparsejit.compile(model, target=target)
+    assert_close(cm(x), run_ort(model, {"x": x})[0], what=f"dense fc, batch {batch}, {target}")
+    rows = min(batch, select.GEMM_MAX_ROWS[tgt.vector_registers])
+    assert f"_r{rows}x" in kinds(cm)["gemm_node"], kinds(cm)
