@@ -307,8 +307,10 @@ def fc_is_sparse(weight: np.ndarray) -> bool:
 # From this batch on a pruned FC layer runs on the direct-conv kernel with the images in the
 # vector lanes (one pass over the table for all of them) rather than gathering per image: on
 # CaffeNet's fc6 the gather kernel took ~1 ms per image at any batch, the lanes kernel 2.9 ms
-# at batch 1 and 3.6 ms at batch 8.
-FC_LANES_MIN_BATCH = 4
+# at batch 1 and 3.6 ms at batch 8. AMD Zen 4, once both prefetch their tables into L2,
+# CaffeNet's three FCs (in-process A/B, network profiles): batch 2 rows 6.23 ms, lanes 6.57;
+# batch 3 rows 9.27, lanes 6.52.
+FC_LANES_MIN_BATCH = 3
 
 
 def choose_fc(weight: np.ndarray, batch: int) -> str:
