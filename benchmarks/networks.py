@@ -16,10 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fair_environment  # noqa: E402
 
+DEFAULT_MODELS = "caffenet,resnet50,vgg16,googlenet"
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="caffenet,resnet50,vgg16,googlenet")
+    ap.add_argument("--models", default=DEFAULT_MODELS)
     ap.add_argument(
         "--sparsity", default="", help="plan for all models (default: seed for caffenet, all otherwise)"
     )
@@ -114,8 +116,10 @@ def run(args) -> None:
     print(f"batch {args.batch}, {args.threads} thread(s); medians of {args.repeats} runs, sparsejit and "
           "onnxruntime interleaved in 5 rounds")
     print(table(rows))
+    # a run of some models only does not overwrite the table of all four
+    subset = "" if args.models == DEFAULT_MODELS else args.models.replace(",", "-") + "-"
     path = save(
-        f"networks-b{args.batch}-t{args.threads}",
+        f"networks-{subset}b{args.batch}-t{args.threads}",
         {"machine": machine(), "args": vars(args), "results": results},
     )
     print(f"wrote {path}")

@@ -1,8 +1,8 @@
 """sparsejit.compile(): model in, CompiledModel out. The pipeline, stage by stage.
 
     load (frontend) -> import to graph IR -> [per batch size: bind shapes, fold constants,
-    remove identities, fold BatchNorm and scale-shifts, fuse activations -> lower (choose,
-    render, compile, schedule)] -> CompiledModel
+    remove identities, fold BatchNorm and scale-shifts, merge summed pointwise convs, fuse
+    residual Adds and activations -> lower (choose, render, compile, schedule)] -> CompiledModel
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from .frontend.onnx_import import import_graph, load_model
 from .graph import fold, passes
 from .graph.fuse import fuse_activations, fuse_residual_adds
 from .graph.ir import Graph, Node, Value
+from .graph.merge import merge_summed_pointwise_convs
 from .graph.weights import CompactConst, compact_weights, restore_weights
+from .kernels import select
 from .lower import Program, conv_lowerable, fc_weights, lower
 from .runtime.model import CompiledModel
 from .targets import Target
@@ -30,6 +32,12 @@ def _kernel_layer(graph: Graph, node: Node) -> bool:
     """Will this node become a generated kernel (so an activation can fuse into it)?"""
     return conv_lowerable(graph, node) or (node.op in ("Gemm", "MatMul")
                                            and fc_weights(graph, node) is not None)
+
+
+def _block_alike(wa, wb) -> bool:
+    """Would lowering block both weights alike (both sparse or both dense)?"""
+    return (select.used_tap_density(wa) >= select.DENSE_THRESHOLD) == (
+        select.used_tap_density(wb) >= select.DENSE_THRESHOLD)
 
 
 def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None = None,
@@ -44,6 +52,7 @@ def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None
     passes.fold_batchnorm(g)
     passes.fold_scale_shift(g)
     fold.simplify(g, batch)
+    merge_summed_pointwise_convs(g, _block_alike)
     fuse_residual_adds(g, conv_lowerable)
     fuse_activations(g, _kernel_layer)
     _materialize_constant_outputs(g)

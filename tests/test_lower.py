@@ -51,9 +51,10 @@ def _flat_map_size(vector_width: int) -> int:
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
-    """A residual block on a small map (a strided conv into it, 3x3 and 1x1 convs, a fused Add,
-    a strided 1x1 shortcut, a global pool after): every tensor of the map gets the same padded
-    rows, so the stride-1 convs, the subsampled shortcut and the strided conv run as flat runs."""
+    """A residual block on a small map (a strided conv into it, 3x3 and 1x1 convs, a strided
+    1x1 shortcut added to the 1x1's output, a global pool after): every tensor of the map gets
+    the same padded rows, so the stride-1 convs, the 1x1 merged with the subsampled shortcut
+    (graph/merge.py) and the strided conv run as flat runs."""
     from sparsejit import targets
     size = _flat_map_size(targets.host_target().vector_width)
     rng = np.random.default_rng(batch)
@@ -75,14 +76,15 @@ def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
     model = make_model(nodes, {"x": x}, ["y", "dr"], consts)
     cm = compiled_and_checked(model, {"x": x})
     flat = {i.name: i.spec.workload.flat_stride for i in cm.lowered().layers if i.spec is not None}
-    assert flat["conv3x3"] == flat["conv1x1"] == flat["shortcut"] == size + 2, flat
+    assert flat["conv3x3"] == flat["conv1x1+shortcut"] == size + 2, flat
     # strided: a flat run too, over its input's phase planes, rows as far apart as the map's
     assert flat["down"] == size + 2 and "down:planes" in kinds(cm), flat
     # no pool reads the map: each channel's interior starts on a vector, channels whole vectors
     # apart (rows added above and below), so the 1x1 conv's flat run loads aligned vectors
     v = targets.host_target().vector_width
     specs = {i.name: i.spec for i in cm.lowered().layers if i.spec is not None}
-    for layout in (specs["conv1x1"].in_layout, specs["conv1x1"].out_layout, specs["conv3x3"].in_layout):
+    merged = specs["conv1x1+shortcut"]
+    for layout in (merged.in_layout, merged.out_layout, specs["conv3x3"].in_layout):
         assert layout.interior_origin % v == 0 and layout.channel_stride % v == 0, layout
         assert layout.row_stride == size + 2
 
