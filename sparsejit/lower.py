@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import llvm
+from .arrays import count_nonzeros
 from .codegen.direct_conv import kernel_symbol as conv_symbol
 from .codegen.direct_conv import render_direct_conv
 from .codegen.gemm import kernel_symbol as gemm_symbol
@@ -583,7 +584,7 @@ class _Builder:
         wl = GemmWorkload(c, m)
         info = LayerInfo(node.name, node.op, f"dense-fc {plan.variant()}",
                          self.shape(node.inputs[0]), self.shape(node.outputs[0]),
-                         select.density(weight), int(np.count_nonzero(weight)),
+                         select.density(weight), count_nonzeros(weight),
                          symbol=gemm_symbol(node.name, plan), opt=plan.codegen_opt,
                          dense_flops=2 * m * c * n, fused=list(node.fused))
         epilogue, tname = _epilogue(node), self.target.name

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..arrays import count_nonzeros, flat_nonzeros
 from .ir import Graph
 
 MIN_ELEMENTS = 4096  # smaller constants are not worth the bookkeeping
@@ -45,9 +46,9 @@ def compact_weights(graph: Graph) -> dict[str, CompactConst]:
             continue
         flat = c.reshape(-1)
         # counted before indexed: the index of a dense fc6 (103 M weights) alone is 800 MB
-        if np.count_nonzero(flat) > MAX_DENSITY * flat.size:  # NaN counts as nonzero: kept
+        if count_nonzeros(flat) > MAX_DENSITY * flat.size:  # NaN counts as nonzero: kept
             continue
-        index = np.flatnonzero(flat)
+        index = flat_nonzeros(flat)
         index = index.astype(np.int32 if flat.size < 2**31 else np.int64)
         store[name] = CompactConst(c.shape, c.dtype, index, flat[index].copy())
         value.const = None

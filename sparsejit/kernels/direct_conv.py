@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from ..arrays import count_nonzeros, nonzero_rows_cols
 from .layout import Layout, PhasePlanes, round_up
 
 
@@ -218,7 +219,8 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
              + ((s * dw) % layout.phases) * layout.phase_width + shift)
     group_of_block = (np.arange(blocks) * mb) // mg
     base = group_of_block * cg * layout.channel_stride
-    block_idx, pos = np.nonzero(np.any(w_blocks != 0, axis=1))  # sorted by block, then position
+    used = (w_blocks[:, 0] != 0) if mb == 1 else np.any(w_blocks != 0, axis=1)
+    block_idx, pos = nonzero_rows_cols(used)  # sorted by block, then position
     chunks = plan.chunks(cg)
     chunk_size = -(-cg // chunks)
     segment = (c_local[pos] // chunk_size) * blocks + block_idx
@@ -232,7 +234,7 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     h = hashlib.sha256()
     for arr in (offsets, weights, channels, starts):
         h.update(np.ascontiguousarray(arr).tobytes())
-    return Pattern(starts, offsets, weights, channels, int(np.count_nonzero(weight)), chunks,
+    return Pattern(starts, offsets, weights, channels, count_nonzeros(weight), chunks,
                    h.hexdigest())
 
 

@@ -11,6 +11,7 @@ from dataclasses import fields, replace
 
 import numpy as np
 
+from ..arrays import count_nonzeros
 from ..errors import InvalidPlanError
 from ..targets import Target
 from .direct_conv import ConvWorkload, DirectConvPlan
@@ -48,7 +49,7 @@ def apply_override(plan, override: dict | None, layer: str):
 
 
 def density(weight: np.ndarray) -> float:
-    return float(np.count_nonzero(weight)) / max(1, weight.size)
+    return float(count_nonzeros(weight)) / max(1, weight.size)
 
 
 def used_tap_density(weight: np.ndarray, nonzeros: int | None = None) -> float:
@@ -57,7 +58,7 @@ def used_tap_density(weight: np.ndarray, nonzeros: int | None = None) -> float:
     phase planes (direct_conv.plane_weights) has taps no channel uses (a 3x3 kernel padded to
     2 x 2 taps of 2 x 2 planes: 9 of 16) and stays as dense as the conv it computes."""
     used = np.any(weight.reshape(weight.shape[0], -1) != 0, axis=0)
-    nonzeros = int(np.count_nonzero(weight)) if nonzeros is None else nonzeros
+    nonzeros = count_nonzeros(weight) if nonzeros is None else nonzeros
     return nonzeros / max(1, weight.shape[0] * int(np.count_nonzero(used)))
 
 
@@ -254,7 +255,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                 override: dict | None = None, layer: str = "") -> DirectConvPlan:
     """The default direct-conv plan for this layer on this target, with `override` applied."""
     v = target.vector_width
-    nonzeros = int(np.count_nonzero(weight))  # counted once: compile() runs this per layer
+    nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
     dense = used_tap_density(weight, nonzeros) >= DENSE_THRESHOLD
     vectors = -(-workload.tile_width // v)
