@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -53,7 +53,7 @@ from .kernels.direct_conv import (ConvWorkload, Epilogue, build_pattern, flat_if
                                   output_extent, parallel_units, plane_output_pads, plane_weights,
                                   planes_if_they_pay)
 from .kernels.gemm import GemmWorkload, pack_weights
-from .kernels.layout import Layout, PhasePlanes
+from .kernels.layout import ALIGN_FLOATS, Layout, PhasePlanes
 from .kernels.lrn import LRNWorkload
 from .kernels.pool import PoolWorkload, pool_lowerable, pool_workload
 from .kernels.reference import run_node
@@ -121,13 +121,16 @@ class Program:
     inputs: list[str]
     outputs: list[str]
     driver: DriverFn | None = None  # the schedule driver (None when not loaded)
+    # tensors in a slot of another's, from a float offset on (a Concat's in-place inputs)
+    offsets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.schedule = group(self.steps)  # runs of native steps, one driver call each
 
     def new_arena(self) -> st.Arena:
         return st.Arena.allocate(self.batch, self.slot_sizes, self.slot_of, self.layouts,
-                                 self.images, self.scratch_sizes, self.flat, self.aliases)
+                                 self.images, self.scratch_sizes, self.flat, self.aliases,
+                                 self.offsets)
 
 
 def _epilogue(node: Node) -> Epilogue:
@@ -218,6 +221,26 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
     layouts = {}
     tensors = list(graph.inputs) + [o for n in order for o in n.outputs]
     narrow = narrow_map_pads(graph, order, tensors, pads, v)
+    # a channel Concat's output and inputs take one layout (the pads any of them needs, rows
+    # aligned if any has them) so that the inputs can be written in place, into the output's
+    # channels (`concat_parts_in_place`): GoogLeNet's inception outputs, which only pools read,
+    # would otherwise have unaligned rows that none of their inputs has
+    boundary = set(graph.inputs) | set(graph.outputs)
+    for node in order:
+        if node.op != "Concat" or node.attrs.get("axis") not in (1, -3) or len(node.outputs) != 1:
+            continue
+        group = [t for t in [node.outputs[0], *node.inputs]
+                 if t not in viewed and (t == node.outputs[0] or t not in boundary)]
+        shared = {narrow[t] for t in group if t in narrow}
+        if len(shared) > 1:
+            continue
+        if shared:
+            narrow.update({t: next(iter(shared)) for t in group})
+            continue
+        joined = [max(p) for p in zip(*(pads.get(t, (0, 0, 0, 0)) for t in group))]
+        pads.update({t: joined for t in group})
+        if aligned & set(group):
+            aligned.update(group)
     for t in tensors:
         if _is_4d_activation(graph, t):
             _, c, h, w = graph.value(t).static_shape()
@@ -348,6 +371,7 @@ class _Builder:
         self.extent: dict[str, int] = {}  # tensor -> floats its kernels may touch (over-reads, zero tails)
         self.flat: dict[str, tuple[int, ...]] = {}  # other arena tensors: contiguous, own buffer
         self.aliases: dict[str, tuple[str, tuple[int, ...]]] = {}  # view -> (base, shape)
+        self.parts: dict[str, tuple[str, int]] = {}  # Concat input written in place -> (output, offset)
 
     def images(self, tensor: str) -> int:
         """Dim 0 of a 4-D activation: usually the batch, not always (Gather/Expand on axis 0)."""
@@ -456,10 +480,19 @@ class _Builder:
         self._add_kernel(step, info, st.ConvFn)
 
     def concat(self, node: Node, layouts: dict[str, Layout]) -> None:
-        y, offset = node.outputs[0], 0
+        """A repack per input into its channels of the output, but for inputs their producers
+        wrote there already (`concat_parts_in_place`); with none left, a step that does no work."""
+        y, offset, copied = node.outputs[0], 0, False
         for i, x in enumerate(node.inputs):
-            self.repack(f"{node.name}:in{i}", node.op, x, y, layouts[x], layouts[y], offset)
+            if x not in self.parts:
+                self.repack(f"{node.name}:in{i}", node.op, x, y, layouts[x], layouts[y], offset)
+                copied = True
             offset += layouts[x].channels
+        if not copied:
+            self.steps.append(st.Alias(node.name, y))
+            self.layers.append(LayerInfo(node.name, node.op, "in place (no copy)",
+                                         self.shape(node.inputs[0]), self.shape(y),
+                                         fused=list(node.fused)))
 
     def _conv_code(self, spec: ConvSpec, key: str) -> tuple[ConvCode, bool]:
         """The layer's kernel and whether its plan came from the tuning log. An explicit plan
@@ -635,6 +668,9 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
     order = graph.topo_order()
     layouts = plan_layouts(graph, order, target)
     b = _Builder(graph, target, batch, overrides or {}, threads)
+    b.parts = concat_parts_in_place(graph, order, layouts)
+    for x, (y, _) in b.parts.items():
+        layouts[x] = layouts[y].in_channel_slice(layouts[x].channels)
     b.flat = flat_tensors(graph, order, layouts)
     for t in graph.inputs:
         b.steps.append(st.WriteInput(f"input:{t}", t, t in layouts or t in b.flat))
@@ -689,17 +725,32 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
             last[base] = max(last.get(base, 0), last[view])
         if view in graph.outputs:
             last[base] = len(b.steps)
+    # a Concat's output buffer holds its in-place inputs: written from the first of them on,
+    # alive while any of them is read, as large as the farthest any of their kernels reach
+    reach: dict[str, int] = {}
+    for part, (whole, offset) in b.parts.items():
+        if part in first:
+            first[whole] = min(first.get(whole, first[part]), first[part])
+        if part in last:
+            last[whole] = max(last.get(whole, 0), last[part])
+        lay = layouts[part]
+        part_floats = (b.images(part) - 1) * lay.image_stride + lay.shift_stride
+        reach[whole] = max(reach.get(whole, 0), offset + max(part_floats, b.extent.get(part, 0)))
     lifetimes = []
     for t, layout in layouts.items():
-        if t not in first:
+        if t not in first or t in b.parts:
             continue
-        floats = max(b.images(t) * layout.image_stride, b.extent.get(t, 0))
+        floats = max(b.images(t) * layout.image_stride, b.extent.get(t, 0), reach.get(t, 0))
         lifetimes.append(Lifetime(t, layout, floats, first[t],
                                   end if t in graph.outputs else last.get(t, first[t])))
     slot_of, sizes = plan_buffers(lifetimes)
+    offsets = {}
+    for part, (whole, offset) in b.parts.items():
+        if whole in slot_of:
+            slot_of[part], offsets[part] = slot_of[whole], offset
     return Program(batch, b.steps, slot_of, sizes, {t: layouts[t] for t in slot_of},
                    {t: b.images(t) for t in slot_of}, b.scratch, b.flat, b.aliases,
-                   b.layers, library, list(graph.inputs), list(graph.outputs), driver)
+                   b.layers, library, list(graph.inputs), list(graph.outputs), driver, offsets)
 
 
 def _writes(step: st.Step) -> list[str]:
@@ -736,6 +787,49 @@ def concat_lowerable(graph: Graph, node: Node, layouts: dict[str, Layout]) -> bo
         return False
     return all(t in layouts and layouts[t].phases == 1 and layouts[t].shifts == 1
                for t in node.inputs)
+
+
+def concat_parts_in_place(graph: Graph, order: list[Node], layouts: dict[str, Layout]
+                          ) -> dict[str, tuple[str, int]]:
+    """Concat inputs whose producers can write them straight into the Concat's output, so no
+    copy joins them: input -> (Concat output, float offset of its first channel in an image).
+
+    The input then takes the output's layout for its channels (`Layout.in_channel_slice`), so
+    the two layouts must agree but for the channels (`plan_layouts` makes them so where it
+    can), and its first channel must start on a vector boundary (kernels assume aligned
+    buffers). Not for graph
+    inputs and outputs, inputs another Concat or a Flatten/Reshape also reads, inputs that are
+    Concat outputs themselves, or the inputs of a Concat whose output is such a part (one
+    level of views). A producer writes nothing outside its channels but zeros into their
+    padding (which is padding of the output too)."""
+    concats = [n for n in order if concat_lowerable(graph, n, layouts)]
+    concat_outputs = {n.outputs[0] for n in concats}
+    read_by_concat: dict[str, int] = {}
+    viewed = set()
+    for n in order:
+        if n.op == "Concat":
+            for t in n.inputs:
+                read_by_concat[t] = read_by_concat.get(t, 0) + 1
+        elif n.op in ("Flatten", "Reshape"):
+            viewed.update(n.inputs)
+    produced = {o for n in order for o in n.outputs}
+    boundary = set(graph.inputs) | set(graph.outputs)
+    candidates: dict[str, tuple[str, int]] = {}
+    for node in concats:
+        whole = layouts[node.outputs[0]]
+        channel = 0
+        for x in node.inputs:
+            lay = layouts[x]
+            offset = channel * whole.channel_stride
+            channel += lay.channels
+            if (x in boundary or x not in produced or x in concat_outputs
+                    or read_by_concat.get(x) != 1
+                    or x in viewed
+                    or replace(lay, channels=whole.channels) != whole
+                    or offset % ALIGN_FLOATS):
+                continue
+            candidates[x] = (node.outputs[0], offset)
+    return {x: (y, off) for x, (y, off) in candidates.items() if y not in candidates}
 
 
 def flat_tensors(graph: Graph, order: list[Node], layouts: dict[str, Layout]) -> dict[str, tuple]:

@@ -139,6 +139,79 @@ def test_concat_copies_into_the_output_and_flatten_is_a_view():
     assert k["flat"] == "view (no copy)"
 
 
+def _sparse(rng, shape, density=0.5):
+    return (rng.standard_normal(shape) * (rng.random(shape) < density)).astype(np.float32)
+
+
+@pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
+def test_concat_inputs_are_written_in_place(batch, threads):
+    """Producers write a Concat's inputs straight into its channels: no copies, the Concat
+    takes its inputs' aligned rows, and a 3x3 conv reading the Concat gets its pads. One input
+    also feeds another conv; 3 + 5 + 4 channels make offsets that are not powers of two."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((batch, 3, 9, 11)).astype(np.float32)
+    ws = {"wa": _sparse(rng, (3, 3, 3, 3)), "wb": _sparse(rng, (5, 3, 1, 1)),
+          "wq": _sparse(rng, (4, 3, 1, 1)), "wc": _sparse(rng, (6, 12, 3, 3)),
+          "wd": _sparse(rng, (2, 5, 1, 1))}
+    nodes = [oh.make_node("Conv", ["x", "wa"], ["a"], name="ca", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+             oh.make_node("Conv", ["x", "wb"], ["b"], name="cb"),
+             oh.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["p", "wq"], ["q"], name="cq"),
+             oh.make_node("Concat", ["ar", "b", "q"], ["cat0"], name="cat", axis=1),
+             oh.make_node("Conv", ["cat0", "wc"], ["y"], name="cy", pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["b", "wd"], ["z"], name="cz")]
+    model = make_model(nodes, {"x": x}, ["y", "z"], ws)
+    cm = compiled_and_checked(model, {"x": x}, threads=threads)
+    k = kinds(cm)
+    assert k["cat"] == "in place (no copy)" and not any(n.startswith("cat:") for n in k), k
+    prog = cm.program(batch)
+    whole = prog.layouts["cat0"]
+    assert whole.pad_top >= 1 and whole.pad_left >= 1  # what cy needs
+    stride = whole.channel_stride
+    assert prog.offsets == {"ar": 0, "b": 3 * stride, "q": 8 * stride}
+    assert all(prog.layouts[t].image_stride == whole.image_stride for t in prog.offsets)
+    assert {prog.slot_of[t] for t in ("ar", "b", "q", "cat0")} == {prog.slot_of["cat0"]}
+
+
+def test_concat_copies_the_inputs_it_cannot_hold():
+    """A graph input, and an input whose first channel would not start on a vector boundary
+    (a plain 5 x 5 map: 25 floats per channel), are copied; the others are written in place."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 3, 5, 5)).astype(np.float32)
+    nodes = [oh.make_node("MaxPool", ["x"], ["p1"], name="p1", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             oh.make_node("MaxPool", ["x"], ["p2"], name="p2", kernel_shape=[1, 1]),
+             oh.make_node("Concat", ["p1", "p2", "x"], ["cat0"], name="cat", axis=1),
+             oh.make_node("MaxPool", ["cat0"], ["y"], name="py", kernel_shape=[2, 2])]
+    model = make_model(nodes, {"x": x}, ["y"], {})
+    cm = compiled_and_checked(model, {"x": x})
+    k = kinds(cm)
+    assert "cat:in0" not in k and k["cat:in1"].startswith("repack") and k["cat:in2"].startswith("repack"), k
+    assert cm.program(1).offsets == {"p1": 0}
+
+
+def test_a_concat_buffer_lives_from_its_first_input_on():
+    """The Concat's first input is written long before the second; tensors computed in between
+    have the Concat's layout and must not take its buffer."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    w = _sparse(rng, (8, 8, 1, 1))
+    wh = _sparse(rng, (4, 8, 1, 1))
+    nodes = [oh.make_node("Conv", ["x", "wh"], ["a"], name="ca"),
+             oh.make_node("Conv", ["x", "w"], ["c1"], name="c1"),
+             oh.make_node("Conv", ["c1", "w"], ["c2"], name="c2"),
+             oh.make_node("Conv", ["c2", "w"], ["c3"], name="c3"),
+             oh.make_node("Conv", ["c3", "wh"], ["b"], name="cb"),
+             oh.make_node("Concat", ["a", "b"], ["cat0"], name="cat", axis=1),
+             oh.make_node("Conv", ["cat0", "w"], ["y"], name="cy")]
+    model = make_model(nodes, {"x": x}, ["y"], {"w": w, "wh": wh})
+    cm = compiled_and_checked(model, {"x": x})
+    prog = cm.program(1)
+    assert kinds(cm)["cat"] == "in place (no copy)"
+    assert prog.layouts["c2"] == prog.layouts["cat0"]  # the same key: a slot could be shared
+    assert prog.slot_of["cat0"] not in {prog.slot_of[t] for t in ("c1", "c2", "c3")}
+
+
 def test_a_view_keeps_its_base_buffer_alive():
     """flat = Flatten(p) is read after p's last direct reader: p's buffer must not be reused
     by tensors computed in between."""

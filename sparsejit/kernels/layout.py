@@ -9,7 +9,7 @@ is ever written; pads stay zero from allocation on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,6 +31,9 @@ class Layout:
     phases: int = 1
     phase_width: int = 0  # 0: just wide enough for width + pad_left
     shifts: int = 1  # copies of the image, copy k shifted left by k phase columns
+    # floats from one image to the next when the tensor is a channel slice of a wider one (a
+    # Concat's part written in place, `in_channel_slice`); 0: the tensor's own images
+    image_step: int = 0
 
     def __post_init__(self) -> None:
         if self.rows == 0:
@@ -40,6 +43,7 @@ class Layout:
             object.__setattr__(self, "phase_width", min_width)
         assert self.rows >= self.height + self.pad_top, self
         assert self.phase_width >= min_width, self
+        assert self.image_step == 0 or self.image_step >= self.shifts * self.shift_stride, self
 
     @staticmethod
     def padded(channels: int, height: int, width: int, pads: tuple[int, int, int, int] = (0, 0, 0, 0),
@@ -83,13 +87,20 @@ class Layout:
 
     @property
     def image_stride(self) -> int:
-        return self.shifts * self.shift_stride
+        return self.image_step or self.shifts * self.shift_stride
+
+    def in_channel_slice(self, channels: int) -> Layout:
+        """The layout of `channels` of this layout's channels, stored in its buffer (from a
+        channel on): same rows and pads, its images as far apart as this layout's."""
+        assert self.shifts == 1 and 0 < channels <= self.channels, (self, channels)
+        return replace(self, channels=channels, image_step=self.image_stride)
 
     @property
     def is_plain(self) -> bool:
         """True when the interior is the whole buffer: a contiguous NCHW array."""
         return (self.pad_top == 0 and self.pad_left == 0 and self.rows == self.height
-                and self.phases == 1 and self.phase_width == self.width and self.shifts == 1)
+                and self.phases == 1 and self.phase_width == self.width and self.shifts == 1
+                and self.image_step == 0)
 
     def element_offset(self, c: int, row: int, col: int) -> int:
         """Float offset (within an image) of padded position (c, row, col)."""

@@ -39,20 +39,23 @@ class Arena:
     layouts: dict[str, Layout]
     scratch: dict[str, np.ndarray] = field(default_factory=dict)
     views: dict[str, np.ndarray] = field(default_factory=dict)
+    offsets: dict[str, int] = field(default_factory=dict)  # floats into its slot (a Concat's part)
     tables: dict[tuple[int, int], Any] = field(default_factory=dict)  # (schedule index, threads) -> table
 
     @classmethod
     def allocate(cls, batch: int, sizes: list[int], slot_of: dict[str, int],
                  layouts: dict[str, Layout], images: dict[str, int],
                  scratch_sizes: dict[str, int], flat: dict[str, tuple[int, ...]],
-                 aliases: dict[str, tuple[str, tuple[int, ...]]]) -> Arena:
+                 aliases: dict[str, tuple[str, tuple[int, ...]]],
+                 offsets: dict[str, int] | None = None) -> Arena:
         """`images[t]` is tensor t's dim 0: the batch, except after ops that change dim 0.
         `flat` tensors (not 4-D activations) get contiguous buffers of their shape; `aliases`
-        are views (tensor -> (base tensor, shape)) of a flat tensor or of a plain 4-D one."""
-        arena = cls(batch, [aligned_zeros(s) for s in sizes], slot_of, layouts)
+        are views (tensor -> (base tensor, shape)) of a flat tensor or of a plain 4-D one;
+        `offsets` place tensors inside their slot (a Concat's inputs written in place)."""
+        arena = cls(batch, [aligned_zeros(s) for s in sizes], slot_of, layouts,
+                    offsets=dict(offsets or {}))
         arena.scratch = {k: aligned_zeros(s) for k, s in scratch_sizes.items()}
-        arena.views = {t: layouts[t].interior(arena.slots[s], images[t])
-                       for t, s in slot_of.items()}
+        arena.views = {t: layouts[t].interior(arena.buffer(t), images[t]) for t in slot_of}
         for t, shape in flat.items():
             arena.views[t] = aligned_zeros(int(np.prod(shape))).reshape(shape)
         for t, (base, shape) in aliases.items():
@@ -68,7 +71,9 @@ class Arena:
         if scratch is not None:
             return scratch
         slot = self.slot_of.get(name)
-        return self.slots[slot] if slot is not None else self.views[name]
+        if slot is None:
+            return self.views[name]
+        return self.slots[slot][self.offsets.get(name, 0):]
 
 
 @dataclass(frozen=True)
