@@ -308,7 +308,29 @@ def narrow_map_pads(graph: Graph, order: list[Node], tensors: list[str],
             pooled = any(t in pool_read for t in members)
             planes = group_pads if pooled else aligned_planes(h, w, group_pads, v)
             narrow.update({t: planes for t in members})
+        elif not any(group_pads) and not any(t in pool_read for t in members):
+            # only pointwise convs (a 7 x 7 map's 1x1 convs alone, without a 3x3 conv beside
+            # them): planes with no pads but whole vectors long, so each runs flat and aligned
+            planes = compact_aligned_pads(h, w, v)
+            probe = Layout.padded(1, h, w, planes)
+            if flat_if_it_pays(ConvWorkload(1, h, w, 1, (1, 1)), probe, probe, None, v):
+                narrow.update({t: planes for t in members})
     return narrow
+
+
+def compact_aligned_pads(height: int, width: int, v: int) -> tuple[int, int, int, int]:
+    """Pads (0, 0, bottom, right) making an unpadded plane whole vectors long, for the
+    shortest flat run over its rows, then the fewest floats: a 7 x 7 plane on 16 lanes as 8
+    rows of 8 (a run of 55 positions, 4 vectors, planes 64 floats apart), not 49 floats that
+    put most channels off a vector boundary, nor 7 rows of one vector each. AMD Zen 4,
+    ResNet-50's 7 x 7 1x1 convs alone (benchmarks/layers.py): see README."""
+    def cost(pad):
+        bottom, right = pad
+        run = (height - 1) * (width + right) + width
+        return -(-run // v), (height + bottom) * (width + right), right
+    bottom, right = min(((b, r) for b in range(v) for r in range(v)
+                         if (height + b) * (width + r) % v == 0), key=cost)
+    return 0, 0, bottom, right
 
 
 def aligned_planes(height: int, width: int, pads: tuple[int, ...], v: int) -> tuple[int, ...]:
@@ -797,11 +819,10 @@ def concat_parts_in_place(graph: Graph, order: list[Node], layouts: dict[str, La
     The input then takes the output's layout for its channels (`Layout.in_channel_slice`), so
     the two layouts must agree but for the channels (`plan_layouts` makes them so where it
     can), and its first channel must start on a vector boundary (kernels assume aligned
-    buffers). Not for graph
-    inputs and outputs, inputs another Concat or a Flatten/Reshape also reads, inputs that are
-    Concat outputs themselves, or the inputs of a Concat whose output is such a part (one
-    level of views). A producer writes nothing outside its channels but zeros into their
-    padding (which is padding of the output too)."""
+    buffers). Not for graph inputs and outputs, inputs another Concat or a Flatten/Reshape also
+    reads, inputs that are Concat outputs themselves, or the inputs of a Concat whose output is
+    such a part (one level of views). A producer writes nothing outside its channels but zeros
+    into their padding (which is padding of the output too: every kernel keeps pads zero)."""
     concats = [n for n in order if concat_lowerable(graph, n, layouts)]
     concat_outputs = {n.outputs[0] for n in concats}
     read_by_concat: dict[str, int] = {}
