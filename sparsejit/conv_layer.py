@@ -70,6 +70,6 @@ def render_conv(spec: ConvSpec, plan: DirectConvPlan, target: Target) -> ConvCod
     source = KernelSource(
         lambda: render_direct_conv(spec.name, wl, plan, pattern, spec.bias, spec.epilogue,
                                    in_layout, spec.out_layout, target.name, spec.residual),
-        "direct_conv", spec.name, wl, plan, *pattern.arrays(), spec.bias, spec.epilogue, in_layout,
+        "direct_conv", spec.name, wl, plan, pattern.digest, spec.bias, spec.epilogue, in_layout,
         spec.out_layout, target.name, spec.residual)
     return ConvCode(plan, pattern, in_layout, pack, source, kernel_symbol(spec.name, plan))

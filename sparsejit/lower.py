@@ -611,7 +611,7 @@ class _Builder:
         info.source = KernelSource(
             lambda: render_direct_conv(node.name, wl, plan, pattern, bias, epilogue, in_layout,
                                        out_layout, tname),
-            "sparse_fc_lanes", node.name, wl, plan, *pattern.arrays(), bias, epilogue, in_layout,
+            "sparse_fc_lanes", node.name, wl, plan, pattern.digest, bias, epilogue, in_layout,
             out_layout, tname)
         step = st.ActivationKernel(node.name, lanes_in, lanes_out, None, pattern.blocks, 1,
                                    2 * pattern.nonzeros * n, into_scratch=True)

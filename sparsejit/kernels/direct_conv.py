@@ -168,7 +168,7 @@ class Pattern:
     channels: np.ndarray  # int64 [blocks, channels_per_block]: output channel, -1 = none
     nonzeros: int  # true nonzeros of the weight tensor
     chunks: int = 1
-    digest: str = field(default="")  # sha256 of the pattern's arrays (hex)
+    digest: str = field(default="")  # sha256 of `arrays()` (hex), set by build_pattern
 
     @property
     def blocks(self) -> int:
@@ -231,11 +231,13 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     entries = int(starts[-1])
     offsets = base[block_idx] + local[pos]
     weights = np.ascontiguousarray(w_blocks[block_idx, :, pos]).reshape(entries, mb)
+    pattern = Pattern(starts, offsets, weights, channels, count_nonzeros(weight), chunks)
     h = hashlib.sha256()
-    for arr in (offsets, weights, channels, starts):
-        h.update(np.ascontiguousarray(arr).tobytes())
-    return Pattern(starts, offsets, weights, channels, count_nonzeros(weight), chunks,
-                   h.hexdigest())
+    for arr in pattern.arrays():
+        data = np.ascontiguousarray(arr).tobytes()
+        h.update(len(data).to_bytes(8, "little") + data)
+    pattern.digest = h.hexdigest()  # kernel cache keys name the pattern by it
+    return pattern
 
 
 def parallel_units(workload: ConvWorkload, plan: DirectConvPlan, blocks: int) -> int:
