@@ -170,6 +170,12 @@ def _near_best_tiles(rows: int, vectors: int, budget: int) -> list[tuple[int, in
 # channels, 73 KB); 1x1 convs at 57-64 KB (layer1.1.conv1 64 channels 1.40x over one pass,
 # layer4.1.conv1 at 7x7 128-256 channels 1.2-1.4x); 2x the slice: 0.8x).
 PASS_SLICE_BYTES = 64 * 1024
+# Kernels with several taps read each input row at several offsets: on AMD Zen 4 (32 KiB L1d)
+# their slices are best at most ~1.25 L1 (`tune.measure`, 3 interleaved rounds, ResNet-50 at
+# 10 %): 7 x 7 3x3 convs 64 channels (21 KB) 1.16x over 128 (43 KB); 56 x 56 ones 16 (25 KB)
+# 1.04x over 32 (50 KB); 28 x 28 and 14 x 14 ones keep 32 (39 and 37 KB; 16 channels 1.01x and
+# 0.96x). The Xeon's 3x3 slices of 39-51 KB (above) fit this too.
+PASS_SLICE_BYTES_TAPS = 40 * 1024
 PASS_CHANNELS = (16, 32, 64, 128, 256)
 # A pass reloads and stores the tile's partial sums: it needs enough nonzeros per output
 # channel to amortise that. 1x1 convs at 10 %: on the Xeon of sessions 5-7, 64-channel passes
@@ -191,8 +197,13 @@ def tile_input_floats(workload: ConvWorkload, rows: int, vectors: int, v: int) -
     return ((rows - 1) * sh + (kh - 1) * dh + 1) * ((vectors * v - 1) * sw + (kw - 1) * dw + 1)
 
 
+def pass_slice_bytes(workload: ConvWorkload) -> int:
+    """The most bytes of input a tile's pass should read: less for kernels with several taps."""
+    return PASS_SLICE_BYTES if workload.kernel == (1, 1) else PASS_SLICE_BYTES_TAPS
+
+
 def sparse_passes(workload: ConvWorkload, weight_density: float, rows: int, vectors: int,
-                  v: int, slice_bytes_max: int = PASS_SLICE_BYTES) -> tuple[int, str]:
+                  v: int, slice_bytes_max: int | None = None) -> tuple[int, str]:
     """(channel_chunk, loop_order) of a sparse layer: input channels per pass so a tile's slice
     of a pass stays near L1, and tiles outside channel blocks, so that every block reads the
     slice while it is there (VGG-16's 224x224 layers: 2.2x over blocks outside). A layer whose
@@ -203,6 +214,8 @@ def sparse_passes(workload: ConvWorkload, weight_density: float, rows: int, vect
     if workload.tile_rows * workload.tile_width <= v:
         return 0, "block_tile"
     slice_bytes = 4 * tile_input_floats(workload, rows, vectors, v)
+    if slice_bytes_max is None:
+        slice_bytes_max = pass_slice_bytes(workload)
     fitting = [c for c in PASS_CHANNELS if c * slice_bytes <= slice_bytes_max]
     chunk = fitting[-1] if fitting else PASS_CHANNELS[0]
     while weight_density * chunk * taps < PASS_MIN_ENTRIES and chunk < cg:
@@ -233,7 +246,8 @@ def passes_in_tiles(workload: ConvWorkload, weight_density: float, rows: int, ve
     output_bytes = 4 * workload.out_channels * workload.tile_rows * workload.tile_width
     if chunk == 0 or output_bytes <= PASSES_IN_TILES_OUTPUT_BYTES:
         return chunk, order
-    narrower, _ = sparse_passes(workload, weight_density, rows, vectors, v, PASS_SLICE_BYTES // 2)
+    narrower, _ = sparse_passes(workload, weight_density, rows, vectors, v,
+                                pass_slice_bytes(workload) // 2)
     return narrower or chunk, "tile_chunk_block"
 
 
@@ -246,7 +260,9 @@ def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, bu
     AVX2 conv2_2 with 1 x 14 and 32 channels 7.4 ms, 5 x 2 in one 128-channel pass 9.5."""
     cg = workload.in_channels // workload.group
     tiles = _near_best_tiles(workload.tile_rows, vectors, budget)
-    channels = [sparse_passes(workload, weight_density, rb, cb, v)[0] or cg for rb, cb in tiles]
+    # tiles were chosen (and measured) by what passes PASS_SLICE_BYTES allows
+    channels = [sparse_passes(workload, weight_density, rb, cb, v, PASS_SLICE_BYTES)[0] or cg
+                for rb, cb in tiles]
     enough = min(PASS_ENOUGH_CHANNELS, max(channels))
     return next(tile for tile, c in zip(tiles, channels) if c >= enough)
 

@@ -32,7 +32,7 @@ def test_sparse_passes_keep_the_slice_within_budget(wl):
     # a large output (112 x 112 x 128 here) takes its passes inside its tiles, on half the budget
     big = 4 * wl.out_channels * wl.tile_rows * wl.tile_width > select.PASSES_IN_TILES_OUTPUT_BYTES
     inside = big and plan.channel_chunk != 0
-    budget = select.PASS_SLICE_BYTES // 2 if inside else select.PASS_SLICE_BYTES
+    budget = select.pass_slice_bytes(wl) // 2 if inside else select.pass_slice_bytes(wl)
     assert plan.form == "table"
     assert plan.loop_order == ("tile_chunk_block" if inside else "tile_block")
     channels = plan.channel_chunk or wl.in_channels
@@ -40,7 +40,7 @@ def test_sparse_passes_keep_the_slice_within_budget(wl):
                                                plan.vector_width)
     taps = wl.kernel[0] * wl.kernel[1]
     fitting = [c for c in select.PASS_CHANNELS if c * slice_bytes <= budget]
-    if plan.channel_chunk and plan.channel_chunk not in fitting:
+    if plan.channel_chunk and plan.channel_chunk not in fitting + [select.PASS_CHANNELS[0]]:
         # grown past the slice budget only because a smaller pass had too few nonzeros
         assert 0.1 * taps * plan.channel_chunk / 2 < select.PASS_MIN_ENTRIES * 1.1
         assert plan.channel_chunk / 2 >= (fitting[-1] if fitting else select.PASS_CHANNELS[0])
@@ -61,7 +61,9 @@ def test_large_outputs_take_their_passes_inside_their_tiles():
     conv1_2 = ConvWorkload(64, 224, 224, 64, (3, 3), pads=(1, 1, 1, 1))
     plan = select.choose_conv(conv1_2, _weight(conv1_2, 0.1), tgt)
     assert (plan.loop_order, plan.channel_chunk) == ("tile_chunk_block", 16)
-    chunk, order = select.sparse_passes(conv1_2, 0.1, plan.rows_per_tile, plan.vectors_per_row, 16)
+    # the budget its tile was chosen by would give 32 channels, in pass order
+    chunk, order = select.sparse_passes(conv1_2, 0.1, plan.rows_per_tile, plan.vectors_per_row, 16,
+                                        select.PASS_SLICE_BYTES)
     assert (chunk, order) == (32, "tile_block")
     small = ConvWorkload(256, 56, 56, 256, (3, 3), pads=(1, 1, 1, 1))
     assert 4 * 256 * 56 * 56 > select.PASSES_IN_TILES_OUTPUT_BYTES // 2
@@ -82,6 +84,18 @@ def test_sparse_passes_grow_until_they_have_entries():
     assert at_10 * 0.10 >= select.PASS_MIN_ENTRIES > at_30 * 0.10  # 64 at 10 %: too few
 
 
+def test_several_taps_take_passes_within_the_smaller_budget():
+    """A 3x3 conv on a 7 x 7 map runs flat (336 bytes of input per channel and tile): 64-channel
+    passes (21 KB), not the 128 (43 KB) a 1x1 conv's budget allows; a 1x1 conv on the same map
+    keeps 256 (64 KB)."""
+    tgt = targets.get("avx512")
+    three = ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1), flat_stride=9)
+    assert select.choose_conv(three, _weight(three, 0.1), tgt).channel_chunk == 64
+    assert select.sparse_passes(three, 0.1, 1, 4, 16, select.PASS_SLICE_BYTES)[0] == 128
+    one = ConvWorkload(2048, 7, 7, 512, (1, 1), flat_stride=9)
+    assert select.choose_conv(one, _weight(one, 0.1), tgt).channel_chunk == 256
+
+
 def test_one_vector_of_outputs_and_grouped_single_pass_keep_blocks_outside():
     tgt = targets.get("avx512")
     lanes_fc = ConvWorkload(9216, 1, 8, 4096, (1, 1))  # a pruned FC, batch 8 in the lanes
@@ -89,7 +103,8 @@ def test_one_vector_of_outputs_and_grouped_single_pass_keep_blocks_outside():
     assert (plan.channel_chunk, plan.loop_order) == (0, "block_tile")
     grouped = ConvWorkload(32, 27, 27, 64, (5, 5), pads=(2, 2, 2, 2), group=2)  # 16 per group
     assert select.sparse_passes(grouped, 0.1, 9, 2, 16) == (0, "block_tile")
-    assert select.sparse_passes(replace(grouped, in_channels=64, group=1), 0.1, 9, 2, 16) == (32, "tile_block")
+    ungrouped = replace(grouped, in_channels=64, group=1)  # 1.9 KB slices: 16 channels in 40 KB
+    assert select.sparse_passes(ungrouped, 0.1, 9, 2, 16) == (16, "tile_block")
 
 
 def test_tile_input_floats_counts_the_halo():
@@ -133,8 +148,8 @@ def test_sparse_tile_is_near_best_with_enough_channels_per_pass(wl):
     assert tile in near
     cg = wl.in_channels // wl.group
 
-    def channels(t):
-        return select.sparse_passes(wl, 0.1, *t, 16)[0] or cg
+    def channels(t):  # tiles are chosen by what the 1x1 budget allows
+        return select.sparse_passes(wl, 0.1, *t, 16, select.PASS_SLICE_BYTES)[0] or cg
     enough = min(select.PASS_ENOUGH_CHANNELS, max(map(channels, near)))
     assert channels(tile) >= enough
     assert all(channels(t) < enough for t in near[:near.index(tile)])
@@ -147,7 +162,7 @@ def test_sparse_tile_keeps_wide_rows_that_have_enough_channels():
     wl = ConvWorkload(128, 112, 112, 128, (3, 3), pads=(1, 1, 1, 1))
     plan = select.choose_conv(wl, _weight(wl, 0.1), targets.get("avx2"))
     assert (plan.rows_per_tile, plan.vectors_per_row) == (1, 14)
-    assert select.sparse_passes(wl, 0.1, 1, 14, 8) == (32, "tile_block")
+    assert select.sparse_passes(wl, 0.1, 1, 14, 8, select.PASS_SLICE_BYTES) == (32, "tile_block")
     assert (plan.channel_chunk, plan.loop_order) == (16, "tile_chunk_block")
 
 
