@@ -94,6 +94,7 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
         out_row=out_layout.row_stride,
         out_origin=out_layout.interior_origin,
         init_vec=splat(v, init), init_wide=splat(sx * v, init),
+        nan_vec=splat(v, "float 0x7FF8000000000000"),
         stride_lanes=", ".join(f"i32 {i * sx}" for i in range(v)),
         tree=tree, root=tree[-1][0] if tree else 0,
         load_masks=", ".join(f"i{sx * v} {m}" for m in load_masks(wl, v)),

@@ -112,6 +112,25 @@ def test_nan_and_inf_propagate_as_in_the_reference(op):
              TARGETS[-1], x=x)
 
 
+@pytest.mark.parametrize("target_name", TARGETS)
+@pytest.mark.parametrize("kernel, strides, pads", [((3, 3), (1, 1), (1, 1, 1, 1)),
+                                                   ((2, 2), (2, 2), (0, 0, 0, 0)),
+                                                   ((1, 4), (1, 3), (0, 1, 0, 2)),
+                                                   ((5, 5), (2, 2), (2, 2, 2, 2))])
+def test_max_pool_windows_with_a_nan_anywhere_are_nan(target_name, kernel, strides, pads):
+    """A NaN in any position of a window (first, middle or last column, before or after the
+    window's largest value) makes the window's max NaN; windows without one keep their max,
+    whatever infinities they hold. (The max itself is x86's, which drops a NaN operand.)"""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 11, 21)).astype(np.float32)
+    flat = x.reshape(-1)
+    picks = rng.choice(flat.size, size=flat.size // 15, replace=False)
+    flat[picks[:len(picks) // 2]] = np.nan
+    flat[picks[len(picks) // 2:]] = rng.choice([np.inf, -np.inf, 50.0], size=len(picks) - len(picks) // 2)
+    run_pool(pool_node("MaxPool", kernel=kernel, strides=strides, pads=pads), x.shape,
+             target_name, x=x)
+
+
 def test_window_counts_follow_count_include_pad():
     wl = PoolWorkload("avg", 1, 5, 5, (3, 3), (2, 2), (1, 1, 1, 1), count_include_pad=False)
     assert wl.window_counts(0).tolist() == [2, 3, 2]
