@@ -24,7 +24,7 @@ from sparsejit.kernels.layout import Layout
 from sparsejit.kernels.lrn import LRNWorkload
 from sparsejit.kernels.reference import run_node
 
-from ..tolerances import assert_close
+from ..tolerances import RTOL, assert_close
 from .conv_harness import SENTINEL, GuardedBuffer, runnable_targets
 
 TARGETS = runnable_targets()
@@ -70,8 +70,10 @@ def _input(case: LRNCase, rng: np.random.Generator) -> np.ndarray:
     return x
 
 
-def run_lrn(case: LRNCase, target_name: str, seed: int) -> str:
-    """Compile, run and check one case; returns the IR. Fails with the seed in the message."""
+def run_lrn(case: LRNCase, target_name: str, seed: int, x: np.ndarray | None = None,
+            rtol: float = RTOL) -> str:
+    """Compile, run and check one case (on `x`, else random data); returns the IR. Fails with
+    the seed in the message."""
     rng = np.random.default_rng(seed)
     tgt = targets.get(target_name)
     v = tgt.vector_width
@@ -88,7 +90,8 @@ def run_lrn(case: LRNCase, target_name: str, seed: int) -> str:
     n = case.batch
     n0, n1 = case.images or (0, n)
     c0, c1 = case.channel_range or (0, case.channels)
-    x = _input(case, rng)
+    if x is None:
+        x = _input(case, rng)
     src = _guarded(n * in_layout.image_stride)
     src[:] = np.nan  # pads: a kernel reading them would spread NaN
     in_layout.write(src, x)
@@ -98,11 +101,11 @@ def run_lrn(case: LRNCase, target_name: str, seed: int) -> str:
     fn(src.ctypes.data, dst.ctypes.data, None, n0, n1, c0, c1)
 
     attrs = {"size": case.size, "alpha": case.alpha, "beta": case.beta, "bias": case.bias}
-    with np.errstate(invalid="ignore"):  # inf / inf in the reference, as in the kernel
+    with np.errstate(invalid="ignore", over="ignore"):  # inf / inf, overflowing squares
         expected = run_node(Node("LRN", ["x"], ["y"], attrs), [x])[0][n0:n1, c0:c1]
     what = f"{case} on {target_name} seed={seed}"
     got = np.array(out_layout.interior(dst, n)[n0:n1, c0:c1])
-    assert_close(got, expected, what=what)
+    assert_close(got, expected, what=what, rtol=rtol)
     untouched = dst.copy()
     out_layout.interior(untouched, n)[n0:n1, c0:c1] = SENTINEL
     assert np.all(untouched == SENTINEL), f"kernel wrote outside its images/channels/interior: {what}"
@@ -178,6 +181,16 @@ def test_other_betas_are_refused():
 def test_nan_and_inf_propagate(beta, target):
     case = LRNCase(9, 3, 17, size=5, beta=beta, batch=2, specials=True)
     run_lrn(case, target, _seed(case, target))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_squares_that_overflow_give_zero(target):
+    """x = 1e20: its square is +inf, so t = +inf and x / t^beta = 0, for its neighbours in the
+    window too (not NaN)."""
+    case = LRNCase(6, 2, 9, beta=0.75, batch=1)
+    x = np.random.default_rng(4).standard_normal((1, 6, 2, 9)).astype(np.float32)
+    x[0, 2, 1, 3], x[0, 4, 0, 0] = 1e20, -3e19
+    run_lrn(case, target, 0, x=x)
 
 
 @pytest.mark.parametrize("target", TARGETS)
