@@ -151,15 +151,16 @@ def _tile(rows: int, vectors: int, budget: int) -> tuple[int, int]:
     return _near_best_tiles(rows, vectors, budget)[0]
 
 
-def _near_best_tiles(rows: int, vectors: int, budget: int) -> list[tuple[int, int]]:
-    """The tiles whose work (as in _tile) is within 10 % of the least, best first: the widest
-    rows (contiguous input, fewer passes over the table), then the least work."""
+def _near_best_tiles(rows: int, vectors: int, budget: int,
+                     slack: float = 1.10) -> list[tuple[int, int]]:
+    """The tiles whose work (as in _tile) is within `slack` of the least, best first: the
+    widest rows (contiguous input, fewer passes over the table), then the least work."""
     costs = {}
     for cb in range(1, min(vectors, budget) + 1):
         for rb in range(1, min(rows, budget // cb) + 1):
             costs[rb, cb] = -(-rows // rb) * -(-vectors // cb) * (rb * cb + ENTRY_OVERHEAD)
     least = min(costs.values())
-    return sorted((tile for tile, cost in costs.items() if cost <= least * 1.10),
+    return sorted((tile for tile, cost in costs.items() if cost <= least * slack),
                   key=lambda tile: (-tile[1], costs[tile]))
 
 
@@ -251,13 +252,51 @@ def passes_in_tiles(workload: ConvWorkload, weight_density: float, rows: int, ve
     return narrower or chunk, "tile_chunk_block"
 
 
+# A layer of several passes takes the first tile within this much of the least work whose
+# passes' input slices fit L1 (PASS_L1_BYTES; 1x1 convs: PASS_SLICE_BYTES), when one does.
+# AMD Zen 4 (32 KiB L1d), ResNet-50 at 10 %, what `sparsejit autotune` found and this rule now
+# picks: its 28 x 28 3x3 convs 4 x 2 with 32-channel passes (26 KB) 1.05-1.06x over 7 x 2 (39
+# KB), its 512 -> 128 1x1 convs 4 x 2 (64 KB) 1.07x over 7 x 2 (112 KB); 14 x 14 maps keep
+# 14 x 1 (7 x 1 is 18 % more work; measured 0.95x), and one-pass layers keep their tiles.
+L1_TILE_SLACK = 1.15
+PASS_L1_BYTES = 32 * 1024
+
+
+def _l1_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget: int,
+             v: int) -> tuple[int, int] | None:
+    """Of the tiles within L1_TILE_SLACK of the least work, with the widest rows, whose passes
+    (as choose_conv sizes them) read input slices that fit L1, the one whose passes take the
+    most channels, then the least work (28 x 28 3x3 convs: 4 x 2 with 32 channels, 0.415 ms,
+    not 10 x 2 with 16, 0.472); None when the layer runs one pass or no tile's slices fit."""
+    fit = PASS_SLICE_BYTES if workload.kernel == (1, 1) else PASS_L1_BYTES
+    fitting = []
+    tiles = _near_best_tiles(workload.tile_rows, vectors, budget, L1_TILE_SLACK)
+    # rows as wide as the widest near-best tile's: 56 x 56 3x3 convs in 12 x 1 tiles with 32
+    # channels ran 0.712 ms, in 4 x 4 with 16 0.438
+    for rb, cb in (tile for tile in tiles if tile[1] == tiles[0][1]):
+        chunk, order = sparse_passes(workload, weight_density, rb, cb, v)
+        chunk, _ = passes_in_tiles(workload, weight_density, rb, cb, v, chunk, order)
+        if not chunk:
+            return None
+        if chunk * 4 * tile_input_floats(workload, rb, cb, v) <= fit:
+            fitting.append((chunk, (rb, cb)))
+    if not fitting:
+        return None
+    most = max(chunk for chunk, _ in fitting)
+    return next(tile for chunk, tile in fitting if chunk == most)
+
+
 def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget: int,
                  v: int) -> tuple[int, int]:
-    """A sparse layer's tile: the first near-best tile whose input slice lets a pass take at
-    least PASS_ENOUGH_CHANNELS (or the most any of them allows). AVX-512, VGG-16 conv2_1 and
-    conv2_2 (112 x 112): 2 x 7 with 32-channel passes 3.32 / 6.67 ms against 3.89 / 7.48 for
-    3 x 7, whose 73 KB slice left 16 channels. More channels do not pay for narrower rows:
-    AVX2 conv2_2 with 1 x 14 and 32 channels 7.4 ms, 5 x 2 in one 128-channel pass 9.5."""
+    """A sparse layer's tile: one whose passes fit L1 (`_l1_tile`), else the first near-best
+    tile whose input slice lets a pass take at least PASS_ENOUGH_CHANNELS (or the most any of
+    them allows). AVX-512, VGG-16 conv2_1 and conv2_2 (112 x 112): 2 x 7 with 32-channel passes
+    3.32 / 6.67 ms against 3.89 / 7.48 for 3 x 7, whose 73 KB slice left 16 channels. More
+    channels do not pay for narrower rows: AVX2 conv2_2 with 1 x 14 and 32 channels 7.4 ms, 5 x
+    2 in one 128-channel pass 9.5."""
+    fits = _l1_tile(workload, weight_density, vectors, budget, v)
+    if fits is not None:
+        return fits
     cg = workload.in_channels // workload.group
     tiles = _near_best_tiles(workload.tile_rows, vectors, budget)
     # tiles were chosen (and measured) by what passes PASS_SLICE_BYTES allows

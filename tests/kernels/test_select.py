@@ -77,9 +77,7 @@ def test_sparse_passes_grow_until_they_have_entries():
     """A 1x1 conv on a 28 x 28 map (7 x 2 tiles): 64 channels fit the slice budget; at 30 %
     they hold enough nonzeros, at 10 % the pass doubles, at 1 % no pass can: one pass."""
     wl = ConvWorkload(1024, 28, 28, 256, (1, 1))
-    tgt = targets.get("avx512")
-    at_30, at_10, at_1 = (select.choose_conv(wl, _weight(wl, d), tgt).channel_chunk
-                          for d in (0.30, 0.10, 0.01))
+    at_30, at_10, at_1 = (select.sparse_passes(wl, d, 7, 2, 16)[0] for d in (0.30, 0.10, 0.01))
     assert at_30 == 64 and at_10 == 128 and at_1 == 0
     assert at_10 * 0.10 >= select.PASS_MIN_ENTRIES > at_30 * 0.10  # 64 at 10 %: too few
 
@@ -145,6 +143,10 @@ def test_sparse_tile_is_near_best_with_enough_channels_per_pass(wl):
     vectors = -(-wl.tile_width // 16)
     near = select._near_best_tiles(wl.tile_rows, vectors, select.accumulator_budget(tgt))
     tile = (plan.rows_per_tile, plan.vectors_per_row)
+    fits = select._l1_tile(wl, 0.1, vectors, select.accumulator_budget(tgt), 16)
+    if fits is not None:  # a tile whose passes fit L1 goes first (test_l1_tiles)
+        assert tile == fits
+        return
     assert tile in near
     cg = wl.in_channels // wl.group
 
@@ -153,6 +155,26 @@ def test_sparse_tile_is_near_best_with_enough_channels_per_pass(wl):
     enough = min(select.PASS_ENOUGH_CHANNELS, max(map(channels, near)))
     assert channels(tile) >= enough
     assert all(channels(t) < enough for t in near[:near.index(tile)])
+
+
+@pytest.mark.parametrize("wl, tile, chunk", [
+    (ConvWorkload(128, 28, 28, 128, (3, 3), pads=(1, 1, 1, 1)), (4, 2), 32),  # 26 KB, not 7 x 2's 39
+    (ConvWorkload(512, 28, 28, 128, (1, 1)), (4, 2), 128),  # 64 KB, not 7 x 2's 112
+    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), (4, 4), 16),  # already fits
+    (ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1)), None, 32),  # 7 x 1: 18 % more work
+    (ConvWorkload(128, 28, 28, 512, (1, 1)), None, 0),  # one pass
+], ids=str)
+def test_l1_tiles(wl, tile, chunk):
+    """Layers of several passes take a tile within 15 % of the least work, as wide as the
+    widest, whose slices fit L1, with the most channels per pass; 14 x 14 maps and one-pass
+    layers keep the tile chosen by work."""
+    tgt = targets.get("avx512")
+    vectors = -(-wl.tile_width // 16)
+    assert select._l1_tile(wl, 0.1, vectors, select.accumulator_budget(tgt), 16) == tile
+    plan = select.choose_conv(wl, _weight(wl, 0.1), tgt)
+    if tile is not None:
+        assert (plan.rows_per_tile, plan.vectors_per_row) == tile
+    assert plan.channel_chunk == chunk
 
 
 def test_sparse_tile_keeps_wide_rows_that_have_enough_channels():
