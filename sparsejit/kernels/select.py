@@ -260,17 +260,27 @@ def passes_in_tiles(workload: ConvWorkload, weight_density: float, rows: int, ve
 # 14 x 1 (7 x 1 is 18 % more work; measured 0.95x), and one-pass layers keep their tiles.
 L1_TILE_SLACK = 1.15
 PASS_L1_BYTES = 32 * 1024
+# A strided conv reads rows of a phase-split copy twice as long per output: its slices are so
+# large that fitting them pays for more work. ResNet-50 layer2.0.conv2 (56 -> 28, 128
+# channels): 4 x 2 with 16-channel passes (37 KB) 1.15x over 7 x 2 (62 KB); layer3.0.conv2
+# (28 -> 14): 7 x 1 (32 KB, 18 % more work than 14 x 1) 1.17x over 14 x 1 (61 KB).
+STRIDED_L1_TILE_SLACK = 1.20
 
 
 def _l1_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget: int,
              v: int) -> tuple[int, int] | None:
-    """Of the tiles within L1_TILE_SLACK of the least work, with the widest rows, whose passes
-    (as choose_conv sizes them) read input slices that fit L1, the one whose passes take the
-    most channels, then the least work (28 x 28 3x3 convs: 4 x 2 with 32 channels, 0.415 ms,
-    not 10 x 2 with 16, 0.472); None when the layer runs one pass or no tile's slices fit."""
-    fit = PASS_SLICE_BYTES if workload.kernel == (1, 1) else PASS_L1_BYTES
+    """Of the tiles within L1_TILE_SLACK of the least work (strided convs: within
+    STRIDED_L1_TILE_SLACK, slices up to PASS_SLICE_BYTES_TAPS), with the widest rows, whose
+    passes (as choose_conv sizes them) read input slices that fit L1, the one whose passes
+    take the most channels, then the least work (28 x 28 3x3 convs: 4 x 2 with 32 channels,
+    0.415 ms, not 10 x 2 with 16, 0.472); None when the layer runs one pass or no tile's
+    slices fit."""
+    strided = workload.strides != (1, 1)
+    fit = (PASS_SLICE_BYTES if workload.kernel == (1, 1)
+           else PASS_SLICE_BYTES_TAPS if strided else PASS_L1_BYTES)
     fitting = []
-    tiles = _near_best_tiles(workload.tile_rows, vectors, budget, L1_TILE_SLACK)
+    tiles = _near_best_tiles(workload.tile_rows, vectors, budget,
+                             STRIDED_L1_TILE_SLACK if strided else L1_TILE_SLACK)
     # rows as wide as the widest near-best tile's: 56 x 56 3x3 convs in 12 x 1 tiles with 32
     # channels ran 0.712 ms, in 4 x 4 with 16 0.438
     for rb, cb in (tile for tile in tiles if tile[1] == tiles[0][1]):

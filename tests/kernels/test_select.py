@@ -163,6 +163,9 @@ def test_sparse_tile_is_near_best_with_enough_channels_per_pass(wl):
     (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), (4, 4), 16),  # already fits
     (ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1)), None, 32),  # 7 x 1: 18 % more work
     (ConvWorkload(128, 28, 28, 512, (1, 1)), None, 0),  # one pass
+    # strided: phase-split rows twice as long; 20 % more work allowed, slices up to 40 KB
+    (ConvWorkload(128, 56, 56, 128, (3, 3), (2, 2), (1, 1, 1, 1)), (4, 2), 16),
+    (ConvWorkload(256, 28, 28, 256, (3, 3), (2, 2), (1, 1, 1, 1)), (7, 1), 16),
 ], ids=str)
 def test_l1_tiles(wl, tile, chunk):
     """Layers of several passes take a tile within 15 % of the least work, as wide as the
