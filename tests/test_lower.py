@@ -244,6 +244,52 @@ def test_a_concat_buffer_lives_from_its_first_input_on():
     assert prog.slot_of["cat0"] not in {prog.slot_of[t] for t in ("c1", "c2", "c3")}
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_concat_in_place_randomized(seed):
+    """Random inception-like blocks: 2-4 branches (1x1, 3x3, 5x5 convs, a 3x3 max pool then a
+    1x1 conv) of 1-9 channels on odd maps, joined by a Concat that a 3x3 conv, a max pool or the
+    graph output reads; batch 1-3, 1-2 threads: the same answer as onnxruntime."""
+    rng = np.random.default_rng(100 + seed)
+    batch, threads = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+    c_in, size = int(rng.integers(1, 6)), int(rng.choice([5, 7, 9, 13, 15, 17]))
+    x = rng.standard_normal((batch, c_in, size, size)).astype(np.float32)
+    nodes, consts, parts, total = [], {}, [], 0
+    for b in range(int(rng.integers(2, 5))):
+        c = int(rng.integers(1, 10))
+        kind = rng.choice(["1x1", "3x3", "5x5", "pool"])
+        src = "x"
+        if kind == "pool":
+            nodes.append(oh.make_node("MaxPool", ["x"], [f"p{b}"], name=f"pool{b}",
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+            src, k = f"p{b}", 1
+        else:
+            k = {"1x1": 1, "3x3": 3, "5x5": 5}[str(kind)]
+        consts[f"w{b}"] = _sparse(rng, (c, c_in, k, k), float(rng.choice([0.3, 1.0])))
+        nodes.append(oh.make_node("Conv", [src, f"w{b}"], [f"b{b}"], name=f"conv{b}",
+                                  pads=[k // 2] * 4))
+        parts.append(f"b{b}")
+        total += c
+    nodes.append(oh.make_node("Concat", parts, ["cat0"], name="cat", axis=1))
+    reader = rng.choice(["conv", "pool", "output"])
+    if reader == "conv":
+        consts["wy"] = _sparse(rng, (3, total, 3, 3))
+        nodes.append(oh.make_node("Conv", ["cat0", "wy"], ["y"], name="cy", pads=[1, 1, 1, 1]))
+        outputs = ["y"]
+    elif reader == "pool":
+        nodes.append(oh.make_node("MaxPool", ["cat0"], ["y"], name="py", kernel_shape=[2, 2],
+                                  strides=[2, 2]))
+        outputs = ["y"]
+    else:
+        outputs = ["cat0"]
+    model = make_model(nodes, {"x": x}, outputs, consts)
+    cm = compiled_and_checked(model, {"x": x}, threads=threads)
+    # each input is either written in place or copied by a repack of its own
+    in_place, k = cm.program(batch).offsets, kinds(cm)
+    for i, part in enumerate(parts):
+        assert (part in in_place) != (f"cat:in{i}" in k), (part, in_place, k)
+    assert ("cat" in k) == all(part in in_place for part in parts)
+
+
 def test_a_view_keeps_its_base_buffer_alive():
     """flat = Flatten(p) is read after p's last direct reader: p's buffer must not be reused
     by tensors computed in between."""
