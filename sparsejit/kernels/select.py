@@ -276,8 +276,7 @@ def _l1_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget
     0.415 ms, not 10 x 2 with 16, 0.472); None when the layer runs one pass or no tile's
     slices fit."""
     strided = workload.strides != (1, 1)
-    fit = (PASS_SLICE_BYTES if workload.kernel == (1, 1)
-           else PASS_SLICE_BYTES_TAPS if strided else PASS_L1_BYTES)
+    fit = pass_slice_bytes(workload) if workload.kernel == (1, 1) or strided else PASS_L1_BYTES
     fitting = []
     tiles = _near_best_tiles(workload.tile_rows, vectors, budget,
                              STRIDED_L1_TILE_SLACK if strided else L1_TILE_SLACK)

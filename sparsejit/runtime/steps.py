@@ -272,7 +272,9 @@ class FlatKernel(Step):
 
 @dataclass
 class Alias(Step):
-    """A Flatten/Reshape of a contiguous arena tensor: its output is a view of the same buffer."""
+    """A step with nothing to run whose output is already in its buffer: a Flatten/Reshape of a
+    contiguous arena tensor (a view of the same buffer), or a Concat whose inputs were all
+    written into its channels."""
 
     layer: str
     output: str
