@@ -14,7 +14,8 @@ import numpy as np
 
 from .codegen.direct_conv import kernel_symbol, render_direct_conv
 from .codegen.render import KernelSource
-from .kernels.direct_conv import ConvWorkload, DirectConvPlan, Epilogue, Pattern, build_pattern, input_extent
+from .kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, Pattern, build_pattern, input_extent,
+                                  packed_input, shifted_sums_misfit)
 from .kernels.layout import Layout
 from .targets import Target
 
@@ -57,15 +58,16 @@ class ConvCode:
 
 def render_conv(spec: ConvSpec, plan: DirectConvPlan, target: Target) -> ConvCode:
     """The kernel of `spec` with `plan`. Raises ValueError when the plan cannot block this layer."""
-    wl, in_layout, pack = spec.workload, spec.in_layout, None
+    wl = spec.workload
     if plan.aligned_copies and wl.flat_stride:
         # a flat run's offsets assume the input rows flat_stride floats apart, as the producer
         # wrote them; shifted copies have rows of their own (a wrong answer, not a slow one)
         raise ValueError("aligned_copies needs row tiles, and this layer runs as one flat run "
                          f"per plane (rows {wl.flat_stride} floats apart)")
-    if wl.strides[1] != 1 or plan.aligned_copies:
-        # strided convs read a phase-split copy; aligned_copies one copy per column shift
-        pack = in_layout = wl.input_layout(target.vector_width, shifted=plan.aligned_copies)
+    pack = packed_input(wl, plan, target.vector_width)
+    in_layout = pack or spec.in_layout
+    if plan.shifted_sums and (misfit := shifted_sums_misfit(wl, in_layout, plan)):
+        raise ValueError(f"{spec.name}: {misfit}")
     pattern = build_pattern(spec.weight, wl, in_layout, plan)
     source = KernelSource(
         lambda: render_direct_conv(spec.name, wl, plan, pattern, spec.bias, spec.epilogue,

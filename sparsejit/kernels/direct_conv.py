@@ -101,6 +101,9 @@ class DirectConvPlan:
     # the next tile (its partial sums stay in cache between passes)
     loop_order: str = "block_tile"
     aligned_copies: bool = False  # pack one input copy per column shift: all loads aligned
+    # table form: the entries of each column shift summed in a frame of lanes shifted by it,
+    # the sums rotated into place between shifts: all loads aligned (`shifted_sums_fit`)
+    shifted_sums: bool = False
     # what threads divide: output-channel blocks (each thread reads all of the input), or
     # output tiles (each reads its rows' input, mostly what it wrote as the layer before)
     split: str = "blocks"
@@ -118,6 +121,9 @@ class DirectConvPlan:
             (self.form == "table" or (self.channel_chunk == 0 and self.loop_order == "block_tile"
                                       and not self.aligned_copies),
              "the unrolled form runs one pass, in block_tile order, on unshifted input"),
+            (self.form == "table" or not self.shifted_sums, "shifted_sums needs the table form"),
+            (not (self.shifted_sums and self.aligned_copies),
+             "shifted_sums and aligned_copies are two ways to align loads: take one"),
             (self.codegen_opt in (0, 1, 2, 3), "codegen_opt must be 0..3"),
         ]
         for ok, message in checks:
@@ -134,7 +140,7 @@ class DirectConvPlan:
         split = "s" if self.split_accumulators else ""
         chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
         order = {"block_tile": "", "tile_block": "_tb", "tile_chunk_block": "_tcb"}[self.loop_order]
-        aligned = "_a" if self.aligned_copies else ""
+        aligned = "_a" if self.aligned_copies else ("_f" if self.shifted_sums else "")
         tiles = "_st" if self.split == "tiles" else ""
         return (f"{self.form}_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_row}"
                 f"_m{self.channels_per_block}_u{self.unroll}{split}{chunk}{order}{aligned}{tiles}")
@@ -159,15 +165,18 @@ class Epilogue:
 @dataclass
 class Pattern:
     """The baked sparsity of a layer for one plan. Entries are grouped in segments, one per
-    (input-channel chunk, block of output channels), in the order the kernel visits them:
-    segment `chunk * blocks + block` spans entries [segment_start[s], segment_start[s + 1])."""
+    (input-channel chunk, block of output channels, shift group), in the order the kernel
+    visits them: segment `(chunk * blocks + block) * groups + group` spans entries
+    [segment_start[s], segment_start[s + 1]). Without shifted sums there is one group; with
+    them, group g holds the entries of column shift groups - 1 - g (the largest first)."""
 
-    segment_start: np.ndarray  # int64 [chunks * blocks + 1] into the entries
+    segment_start: np.ndarray  # int64 [chunks * blocks * groups + 1] into the entries
     offsets: np.ndarray  # int64 [entries]: input float offset per entry
     weights: np.ndarray  # float32 [entries, channels_per_block]
     channels: np.ndarray  # int64 [blocks, channels_per_block]: output channel, -1 = none
     nonzeros: int  # true nonzeros of the weight tensor
     chunks: int = 1
+    groups: int = 1
     digest: str = field(default="")  # sha256 of `arrays()` (hex), set by build_pattern
 
     @property
@@ -189,7 +198,9 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
 
     Entries of a block are its union of nonzero positions in (c, r, s) order; the table form
     runs whole iterations of `unroll` entries and then the remainder one by one, so no
-    zero-weight padding entries exist (they would turn an Inf input into NaN)."""
+    zero-weight padding entries exist (they would turn an Inf input into NaN). With shifted
+    sums an entry's offset leaves out its column shift (the kernel's frame adds it) and the
+    entries of a segment are grouped by shift."""
     m_total, cg, kh, kw = weight.shape
     mg = m_total // workload.group
     dh, dw = workload.dilations
@@ -212,9 +223,13 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     # input offset of every local position (c, r, s), and each block's input-channel base
     c_local, r, s = np.unravel_index(np.arange(k), (cg, kh, kw))
     shift = (s * dw) // layout.phases
+    groups = workload.column_shifts() if plan.shifted_sums else 1
+    group = groups - 1 - shift if plan.shifted_sums else np.zeros_like(shift)
     if layout.shifts > 1:  # read copy `shift` at column 0: aligned
         assert layout.shifts > shift.max(), (layout, workload)
         shift = shift * layout.shift_stride
+    elif plan.shifted_sums:  # read column 0 of the shifted frame: aligned
+        shift = np.zeros_like(shift)
     local = (c_local * layout.channel_stride + r * dh * layout.row_stride
              + ((s * dw) % layout.phases) * layout.phase_width + shift)
     group_of_block = (np.arange(blocks) * mb) // mg
@@ -223,15 +238,15 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     block_idx, pos = nonzero_rows_cols(used)  # sorted by block, then position
     chunks = plan.chunks(cg)
     chunk_size = -(-cg // chunks)
-    segment = (c_local[pos] // chunk_size) * blocks + block_idx
+    segment = ((c_local[pos] // chunk_size) * blocks + block_idx) * groups + group[pos]
     order = np.argsort(segment, kind="stable")  # by segment, (c, r, s) order kept within one
     block_idx, pos, segment = block_idx[order], pos[order], segment[order]
-    counts = np.bincount(segment, minlength=chunks * blocks)
+    counts = np.bincount(segment, minlength=chunks * blocks * groups)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     entries = int(starts[-1])
     offsets = base[block_idx] + local[pos]
     weights = np.ascontiguousarray(w_blocks[block_idx, :, pos]).reshape(entries, mb)
-    pattern = Pattern(starts, offsets, weights, channels, count_nonzeros(weight), chunks)
+    pattern = Pattern(starts, offsets, weights, channels, count_nonzeros(weight), chunks, groups)
     h = hashlib.sha256()
     for arr in pattern.arrays():
         data = np.ascontiguousarray(arr).tobytes()
@@ -344,6 +359,49 @@ def origin(workload: ConvWorkload, layout: Layout) -> int:
         assert (layout.pad_top, layout.pad_left) == (top, left), "packed input must be exact"
         return 0
     return (layout.pad_top - top) * layout.row_stride + (layout.pad_left - left)
+
+
+def packed_input(workload: ConvWorkload, plan: DirectConvPlan, vector_width: int) -> Layout | None:
+    """The private copy of its input a kernel packs and reads (a strided conv's phase-split
+    planes; aligned copies one per column shift), or None: it reads the producer's layout."""
+    if workload.strides[1] != 1 or plan.aligned_copies:
+        return workload.input_layout(vector_width, shifted=plan.aligned_copies)
+    return None
+
+
+def frame_lead(workload: ConvWorkload, layout: Layout, vector_width: int) -> int:
+    """Lanes between the aligned vector at or before a tile's first input and that input:
+    shifted sums read their frame from there, so that every load is aligned. 0 where rows do
+    not start on vectors (the loads are then as misaligned as without a frame, still right)."""
+    if layout.row_stride % vector_width or layout.phase_width % vector_width:
+        return 0
+    return origin(workload, layout) % vector_width
+
+
+def shifted_sums_misfit(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan) -> str | None:
+    """Why `plan` cannot take shifted sums on this layer's input, or None when it can.
+
+    A table entry at column shift k (of K) adds w * in[... + x + k] into output column x. With
+    shifted sums its loads read the frame's aligned vectors, lane l = x + k + lead, into sums
+    kept in that frame; the kernel visits the shifts from K - 1 down to 0, rotating every
+    accumulator row one lane left between two shifts (and `lead` lanes after the last), the
+    lanes entering from the next vector of the row. A tile must therefore hold its rows whole,
+    and an output column x < Q must find its lane x + K - 1 + lead within the row's vectors:
+    the lanes rotated in from past the last vector are zeros, and land only past Q."""
+    if plan.form != "table" or layout.shifts > 1:
+        return "shifted sums need the table form on unshifted input"
+    if layout.row_stride % plan.vector_width or layout.phase_width % plan.vector_width:
+        return "the input's rows do not start on vectors: a frame aligns no load"
+    shifts = workload.column_shifts()
+    if shifts < 2:
+        return "the kernel has one column shift: its loads need no frame"
+    if tiles(workload, plan)[1] != 1:
+        return "a tile must hold whole rows (vectors_per_row covering the output width)"
+    lanes = plan.vectors_per_row * plan.vector_width
+    reach = workload.tile_width + shifts - 1 + frame_lead(workload, layout, plan.vector_width)
+    if reach > lanes:
+        return f"a row's sums need {reach} lanes of frame, the tile's rows hold {lanes}"
+    return None
 
 
 # Phase planes are worth it when the flat run over them needs at most this share of the vectors

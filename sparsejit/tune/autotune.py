@@ -103,7 +103,8 @@ def _select(specs: list[tuple[str, ConvSpec]], layers: list[str] | str | None):
 def _tune_layer(spec: ConvSpec, key: str, target: Target, threads: int, budget: int, repeats: int,
                 time_bound: float, path: Path, progress: bool, finalists: int,
                 rounds: int) -> LayerTuning:
-    plans = space.candidates(spec.workload, spec.weight, target, budget, threads=threads)
+    plans = space.candidates(spec.workload, spec.weight, target, budget, threads=threads,
+                             in_layout=spec.in_layout)
     results: list[Measurement] = []
     bar = tqdm(plans, desc=spec.name, unit="plan", disable=not progress, leave=True)
     for plan in bar:

@@ -2,7 +2,7 @@
 
 The knobs are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
-order, aligned input copies, the form (the unrolled form only while its code stays small) and,
+order, aligned loads (input copies per column shift, or sums in shifted frames), the form (the unrolled form only while its code stays small) and,
 tuned for several threads, how threads divide the layer (channel blocks or output tiles).
 The default plan comes first, so every tuning run measures the baseline; then neighbours of the
 default (one knob changed: where the heuristics of select.py are most likely off by one step),
@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..kernels import select
-from ..kernels.direct_conv import LOOP_ORDERS, ConvWorkload, DirectConvPlan
+from ..kernels.direct_conv import LOOP_ORDERS, ConvWorkload, DirectConvPlan, packed_input, shifted_sums_misfit
+from ..kernels.layout import Layout
 from ..targets import Target
 
 SPARSE_BLOCKS = (1, 2, 4)
@@ -44,6 +45,8 @@ class _Layer:
     out_per_group: int
     in_per_group: int
     group: int
+    workload: ConvWorkload
+    in_layout: Layout | None  # the producer's layout (shifted sums must fit it)
 
 
 @dataclass(frozen=True)
@@ -54,20 +57,22 @@ class _Knobs:
     unroll: int
     chunk: int
     order: str
-    aligned: bool
+    aligned: str  # "none", "copies" (aligned_copies) or "sums" (shifted_sums)
     split: str
 
 
 def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budget: int = 24,
-               seed: int = 0, threads: int = 1) -> list[DirectConvPlan]:
+               seed: int = 0, threads: int = 1,
+               in_layout: Layout | None = None) -> list[DirectConvPlan]:
     """At most `budget` distinct valid plans for this layer: the default first, then neighbours
     of the default and a sample of the whole space, chosen deterministically from `seed`.
     `threads`: what the plans will be timed on (the split between threads is a knob only
-    when there are several)."""
-    default = select.choose_conv(workload, weight, target)
+    when there are several); `in_layout`: the producer's layout of the input (without it,
+    no plan sums in shifted frames, which must fit it)."""
+    default = select.choose_conv(workload, weight, target, in_layout=in_layout)
     if budget <= 1:
         return [default]
-    layer = _layer(workload, weight, target)
+    layer = _layer(workload, weight, target, in_layout)
     axes = _axes(workload, layer, default, threads)
     base = _knobs_of(default)
     seen = {_canonical(default)}
@@ -82,12 +87,13 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
     return [default, *near[:take_near], *wide[:room - take_near]]
 
 
-def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target) -> _Layer:
+def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target,
+           in_layout: Layout | None) -> _Layer:
     return _Layer(select.accumulator_budget(target), int(np.count_nonzero(weight)),
                   select.density(weight) >= select.DENSE_THRESHOLD,
                   workload.tile_rows, -(-workload.tile_width // target.vector_width),
                   workload.out_channels // workload.group, workload.in_channels // workload.group,
-                  workload.group)
+                  workload.group, workload, in_layout)
 
 
 def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan,
@@ -100,13 +106,15 @@ def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan,
                     if rb * cb <= layer.registers and _tile_waste(layer, rb, cb) <= MAX_TILE_WASTE}
                    | {(default.rows_per_tile, default.vectors_per_row)})
     chunks = sorted({c for c in CHUNKS if c < layer.in_per_group} | {default.channel_chunk})
-    # aligned copies only change loads of kernels with more than one column shift, and need
-    # row tiles (a flat run reads its input's rows as they lie)
-    aligned = ([False, True] if workload.column_shifts() > 1 and not workload.flat_stride
-               else [default.aligned_copies])
+    # aligned loads only change kernels with more than one column shift; copies need row tiles
+    # (a flat run reads its input's rows as they lie), frames the producer's layout
+    aligned = ["none"]
+    if workload.column_shifts() > 1:
+        aligned += [*(["copies"] if not workload.flat_stride else []),
+                    *(["sums"] if layer.in_layout is not None else [])]
     return {"form": ["table", "unrolled"], "tile": tiles, "block": blocks,
             "unroll": sorted({*UNROLLS, default.unroll}), "chunk": chunks, "order": list(ORDERS),
-            "aligned": sorted(set(aligned) | {default.aligned_copies}),
+            "aligned": sorted(set(aligned) | {_aligned_of(default)}),
             "split": ["blocks", "tiles"] if threads > 1 else [default.split]}
 
 
@@ -115,9 +123,13 @@ def _tile_waste(layer: _Layer, rows: int, vectors: int) -> float:
     return covered / (layer.out_rows * layer.out_vectors)
 
 
+def _aligned_of(plan: DirectConvPlan) -> str:
+    return "copies" if plan.aligned_copies else "sums" if plan.shifted_sums else "none"
+
+
 def _knobs_of(plan: DirectConvPlan) -> _Knobs:
     return _Knobs(plan.form, (plan.rows_per_tile, plan.vectors_per_row), plan.channels_per_block,
-                  plan.unroll, plan.channel_chunk, plan.loop_order, plan.aligned_copies, plan.split)
+                  plan.unroll, plan.channel_chunk, plan.loop_order, _aligned_of(plan), plan.split)
 
 
 def _neighbours(base: _Knobs, axes: dict[str, list]):
@@ -143,12 +155,18 @@ def _plan(k: _Knobs, default: DirectConvPlan, layer: _Layer) -> DirectConvPlan |
     split = (k.form == "table" and accumulators < 4 and k.unroll > 1
              and accumulators * k.unroll <= layer.registers)
     try:
-        return replace(default, form=k.form, rows_per_tile=rb, vectors_per_row=cb,
+        plan = replace(default, form=k.form, rows_per_tile=rb, vectors_per_row=cb,
                        channels_per_block=k.block, unroll=k.unroll, split_accumulators=split,
-                       channel_chunk=k.chunk, loop_order=k.order, aligned_copies=k.aligned,
+                       channel_chunk=k.chunk, loop_order=k.order,
+                       aligned_copies=k.aligned == "copies", shifted_sums=k.aligned == "sums",
                        split=k.split)
     except ValueError:  # e.g. the unrolled form with channel passes
         return None
+    if plan.shifted_sums:  # the frame must hold the tile's rows on this input
+        read = packed_input(layer.workload, plan, plan.vector_width) or layer.in_layout
+        if shifted_sums_misfit(layer.workload, read, plan) is not None:
+            return None
+    return plan
 
 
 def _canonical(plan: DirectConvPlan) -> DirectConvPlan:

@@ -23,6 +23,7 @@ from sparsejit.kernels.direct_conv import (
     flat_rows,
     input_extent,
     output_extent,
+    packed_input,
     parallel_units,
 )
 from sparsejit.kernels.layout import Layout
@@ -103,12 +104,11 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     v = tgt.vector_width
     if case.flat:
         return _run_flat_case(case, tgt, wl, w, bias, x, rng, seed)
-    plan = select.choose_conv(wl, w, tgt, case.plan)
-    if wl.strides[1] == 1 and not plan.aligned_copies:
-        pads = tuple(a + b for a, b in zip(case.pads, case.in_extra_pads))
-        in_layout = Layout.padded(wl.in_channels, wl.height, wl.width, pads, align=v)
-    else:
-        in_layout = wl.input_layout(v, shifted=plan.aligned_copies)
+    # the producer's layout; the kernel reads it unless it packs a copy of its own (as lowering)
+    pads = tuple(a + b for a, b in zip(case.pads, case.in_extra_pads))
+    produced = Layout.padded(wl.in_channels, wl.height, wl.width, pads, align=v)
+    plan = select.choose_conv(wl, w, tgt, case.plan, in_layout=produced)
+    in_layout = packed_input(wl, plan, v) or produced
     out_layout = (Layout(case.out_channels, wl.out_height, wl.out_width) if case.out_plain else
                   Layout.padded(case.out_channels, wl.out_height, wl.out_width, case.out_pads, align=v))
     pattern = build_pattern(w, wl, in_layout, plan)
@@ -132,7 +132,7 @@ def _run_flat_case(case, tgt, wl, w, bias, x, rng, seed) -> DirectConvPlan:
                   if case.residual else None)
     flat = flat_rows(wl, in_layout, out_layout, res_layout, tgt.vector_width)
     assert flat is not None, f"{case}: no flat run on {tgt.name} with {in_layout}, {out_layout}"
-    plan = select.choose_conv(flat, w, tgt, case.plan)
+    plan = select.choose_conv(flat, w, tgt, case.plan, in_layout=in_layout)
     pattern = build_pattern(w, flat, in_layout, plan)
     return _check(case, tgt, flat, plan, w, bias, x, rng, seed, in_layout, out_layout, res_layout,
                   pattern)

@@ -10,6 +10,7 @@ import pytest
 from sparsejit import targets
 from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import ConvWorkload
+from sparsejit.kernels.layout import Layout
 
 
 def _weight(wl: ConvWorkload, density: float, seed: int = 0) -> np.ndarray:
@@ -220,3 +221,28 @@ def test_pointwise_one_vector_columns_tile_in_at_most_8_rows():
     three = ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1))
     assert select.pointwise_column_rows(three, 14, 1, 1) == 14
     assert select.choose_conv(three, _weight(three, 0.1), tgt).rows_per_tile == 14
+
+
+def test_sparse_table_plans_sum_in_shifted_frames_given_the_producers_layout():
+    """choose_conv takes shifted sums for a sparse table plan whose tiles hold the rows and the
+    frame (ResNet-50's 14 x 14 3x3 conv: 14 x 1 tiles, 14 + 2 lanes of 16), strided ones on
+    their phase-split copy; not without the producer's layout, not for dense layers, not
+    where the user's tile leaves no room, and never against the user's explicit word."""
+    host = targets.get("avx512")
+    wl = ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1))
+    w = _weight(wl, 0.1)
+    produced = Layout.padded(256, 14, 14, (1, 1, 1, 1), align=16)
+    plan = select.choose_conv(wl, w, host, in_layout=produced)
+    assert plan.shifted_sums and (plan.rows_per_tile, plan.vectors_per_row) == (14, 1)
+    assert not select.choose_conv(wl, w, host).shifted_sums
+    assert not select.choose_conv(wl, np.ones_like(w), host, in_layout=produced).shifted_sums
+    strided = ConvWorkload(128, 56, 56, 128, (3, 3), (2, 2), (1, 1, 1, 1))
+    assert select.choose_conv(strided, _weight(strided, 0.1), host,
+                              in_layout=Layout.padded(128, 56, 56, (1, 1, 1, 1), align=16)).shifted_sums
+    narrow = select.choose_conv(replace(wl, width=30), w, host, {"vectors_per_row": 1},
+                                in_layout=Layout.padded(256, 14, 30, (1, 1, 1, 1), align=16))
+    assert not narrow.shifted_sums  # 30 columns in tiles of 16: not whole rows
+    assert not select.choose_conv(wl, w, host, {"shifted_sums": False}, in_layout=produced).shifted_sums
+    pointwise = ConvWorkload(256, 14, 14, 256, (1, 1))
+    assert not select.choose_conv(pointwise, _weight(pointwise, 0.1), host,
+                                  in_layout=Layout.padded(256, 14, 14, align=16)).shifted_sums

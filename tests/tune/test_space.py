@@ -103,3 +103,28 @@ def test_flat_runs_get_no_aligned_copies():
     wl = replace(ConvWorkload(32, 9, 9, 32, (3, 3)), flat_stride=9)  # a 7 x 7 map run flat
     plans = candidates(wl, weights(wl, 0.1, seed=3), targets.get("avx512"), budget=10_000)
     assert plans and not any(p.aligned_copies for p in plans)
+
+
+def test_shifted_sums_are_searched_where_they_fit_the_producers_layout():
+    """Given the producer's layout, the space has plans with and without shifted sums, and
+    every one with them fits (a tile holding its rows whole, with the frame's lanes); without
+    the layout (which a frame must fit) none is proposed."""
+    from sparsejit.kernels.direct_conv import packed_input, shifted_sums_misfit
+    from sparsejit.kernels.layout import Layout
+
+    wl = ConvWorkload(32, 14, 14, 32, (3, 3), pads=(1, 1, 1, 1))
+    w = weights(wl, 0.1, seed=4)
+    host = targets.get("avx512")
+    produced = Layout.padded(32, 14, 14, (1, 1, 1, 1), align=16)
+    plans = candidates(wl, w, host, budget=10_000, in_layout=produced)
+    assert plans[0].shifted_sums  # the default, 14 x 1 tiles
+    assert {p.shifted_sums for p in plans} == {False, True}
+    for p in plans:
+        if p.shifted_sums:
+            read = packed_input(wl, p, 16) or produced
+            assert shifted_sums_misfit(wl, read, p) is None, p.variant()
+    assert not any(p.shifted_sums for p in candidates(wl, w, host, budget=10_000))
+    flat = replace(ConvWorkload(32, 9, 9, 32, (3, 3)), flat_stride=9)  # rows on no vector
+    odd = Layout.padded(32, 7, 7, (1, 1, 1, 1))
+    flat_plans = candidates(flat, weights(flat, 0.1, seed=3), host, budget=10_000, in_layout=odd)
+    assert not any(p.shifted_sums or p.aligned_copies for p in flat_plans)
