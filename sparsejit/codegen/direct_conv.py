@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, Pattern, frame_lead, origin,
+from ..kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, Pattern, origin,
                                    shifted_sums_misfit, tails_into_padding, tiles)
 from ..kernels.layout import Layout
 from .render import byte_string, float_list, float_literal, i32_list, render, splat, symbol
@@ -41,10 +41,8 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
     ty, tx = tiles(workload, plan)
     sh = workload.strides[0]
     mb = plan.channels_per_block
-    # shifted sums read their frame from the aligned vector at or before the tile's input
     if plan.shifted_sums and (misfit := shifted_sums_misfit(workload, in_layout, plan)):
         raise ValueError(f"{layer}: {misfit}")  # its sums would be wrong, not slow
-    lead = frame_lead(workload, in_layout, v) if plan.shifted_sums else 0
     table = np.concatenate([pattern.offsets[:, None].astype(np.int32),
                             pattern.weights.view(np.int32)], axis=1)
     k = SimpleNamespace(
@@ -67,8 +65,10 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         tail_store=tails_into_padding(workload, out_layout, v),
         in_img=in_layout.image_stride,
         in_tile_row=sh * in_layout.row_stride,
-        in_origin=origin(workload, in_layout) - lead,
-        NS=pattern.groups, lead=lead,
+        in_origin=origin(workload, in_layout),
+        # shifted sums: group g's frame, and the lanes the sums rotate by after each group
+        NS=pattern.groups, frames=pattern.frames,
+        rotate_by=[a - b for a, b in zip(pattern.frames, pattern.frames[1:] + (0,))],
         rotate=[", ".join(f"i32 {i + n}" for i in range(v)) for n in range(v + 1)],
         acc_offset=[[r * sh * in_layout.row_stride + c * v for c in range(plan.vectors_per_row)]
                     for r in range(plan.rows_per_tile)],

@@ -165,10 +165,10 @@ class Epilogue:
 @dataclass
 class Pattern:
     """The baked sparsity of a layer for one plan. Entries are grouped in segments, one per
-    (input-channel chunk, block of output channels, shift group), in the order the kernel
-    visits them: segment `(chunk * blocks + block) * groups + group` spans entries
-    [segment_start[s], segment_start[s + 1]). Without shifted sums there is one group; with
-    them, group g holds the entries of column shift groups - 1 - g (the largest first)."""
+    (input-channel chunk, block of output channels, frame), in the order the kernel visits
+    them: segment `(chunk * blocks + block) * groups + group` spans entries
+    [segment_start[s], segment_start[s + 1]). Without shifted sums there is one group, of frame
+    0; with them, group g holds the entries summed in frame `frames[g]` (largest first)."""
 
     segment_start: np.ndarray  # int64 [chunks * blocks * groups + 1] into the entries
     offsets: np.ndarray  # int64 [entries]: input float offset per entry
@@ -176,7 +176,11 @@ class Pattern:
     channels: np.ndarray  # int64 [blocks, channels_per_block]: output channel, -1 = none
     nonzeros: int  # true nonzeros of the weight tensor
     chunks: int = 1
-    groups: int = 1
+    frames: tuple[int, ...] = (0,)  # lanes each group's frame lies left of the output's
+
+    @property
+    def groups(self) -> int:
+        return len(self.frames)
     digest: str = field(default="")  # sha256 of `arrays()` (hex), set by build_pattern
 
     @property
@@ -199,8 +203,8 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     Entries of a block are its union of nonzero positions in (c, r, s) order; the table form
     runs whole iterations of `unroll` entries and then the remainder one by one, so no
     zero-weight padding entries exist (they would turn an Inf input into NaN). With shifted
-    sums an entry's offset leaves out its column shift (the kernel's frame adds it) and the
-    entries of a segment are grouped by shift."""
+    sums an entry's offset leaves out its frame (`shifted_sums_misfit`), and the entries of a
+    segment are grouped by frame."""
     m_total, cg, kh, kw = weight.shape
     mg = m_total // workload.group
     dh, dw = workload.dilations
@@ -221,38 +225,50 @@ def build_pattern(weight: np.ndarray, workload: ConvWorkload, layout: Layout,
     channels = np.arange(blocks * mb, dtype=np.int64).reshape(blocks, mb)
     channels[channels >= m_total] = -1
     # input offset of every local position (c, r, s), and each block's input-channel base
-    c_local, r, s = np.unravel_index(np.arange(k), (cg, kh, kw))
-    shift = (s * dw) // layout.phases
-    groups = workload.column_shifts() if plan.shifted_sums else 1
-    group = groups - 1 - shift if plan.shifted_sums else np.zeros_like(shift)
-    if layout.shifts > 1:  # read copy `shift` at column 0: aligned
-        assert layout.shifts > shift.max(), (layout, workload)
-        shift = shift * layout.shift_stride
-    elif plan.shifted_sums:  # read column 0 of the shifted frame: aligned
-        shift = np.zeros_like(shift)
-    local = (c_local * layout.channel_stride + r * dh * layout.row_stride
-             + ((s * dw) % layout.phases) * layout.phase_width + shift)
+    c_local = np.arange(k) // (kh * kw)
+    local = tap_offsets(workload, layout, cg)
     group_of_block = (np.arange(blocks) * mb) // mg
     base = group_of_block * cg * layout.channel_stride
     used = (w_blocks[:, 0] != 0) if mb == 1 else np.any(w_blocks != 0, axis=1)
     block_idx, pos = nonzero_rows_cols(used)  # sorted by block, then position
+    offsets = base[block_idx] + local[pos]
+    group = np.zeros_like(offsets)
+    frames: tuple[int, ...] = (0,)
+    if plan.shifted_sums:  # group g: the entries of the g-th largest frame, loaded aligned
+        frame = entry_frames(workload, layout, plan, offsets)
+        frames = tuple(int(f) for f in np.unique(frame)[::-1]) or (0,)
+        group = np.searchsorted(-np.array(frames), -frame)
+        offsets = offsets - frame
+    groups = len(frames)
     chunks = plan.chunks(cg)
     chunk_size = -(-cg // chunks)
-    segment = ((c_local[pos] // chunk_size) * blocks + block_idx) * groups + group[pos]
+    segment = ((c_local[pos] // chunk_size) * blocks + block_idx) * groups + group
     order = np.argsort(segment, kind="stable")  # by segment, (c, r, s) order kept within one
-    block_idx, pos, segment = block_idx[order], pos[order], segment[order]
+    block_idx, pos, segment, offsets = block_idx[order], pos[order], segment[order], offsets[order]
     counts = np.bincount(segment, minlength=chunks * blocks * groups)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     entries = int(starts[-1])
-    offsets = base[block_idx] + local[pos]
     weights = np.ascontiguousarray(w_blocks[block_idx, :, pos]).reshape(entries, mb)
-    pattern = Pattern(starts, offsets, weights, channels, count_nonzeros(weight), chunks, groups)
+    pattern = Pattern(starts, offsets, weights, channels, count_nonzeros(weight), chunks, frames)
     h = hashlib.sha256()
     for arr in pattern.arrays():
         data = np.ascontiguousarray(arr).tobytes()
         h.update(len(data).to_bytes(8, "little") + data)
     pattern.digest = h.hexdigest()  # kernel cache keys name the pattern by it
     return pattern
+
+
+def tap_offsets(workload: ConvWorkload, layout: Layout, channels: int) -> np.ndarray:
+    """Input offset (from the tile's first input) of every position (c, r, s) of the first
+    `channels` input channels, in (c, r, s) order."""
+    (kh, kw), (dh, dw) = workload.kernel, workload.dilations
+    c, r, s = np.unravel_index(np.arange(channels * kh * kw), (channels, kh, kw))
+    shift = (s * dw) // layout.phases
+    if layout.shifts > 1:  # read copy `shift` at column 0: aligned
+        assert layout.shifts > shift.max(), (layout, workload)
+        shift = shift * layout.shift_stride
+    return (c * layout.channel_stride + r * dh * layout.row_stride
+            + ((s * dw) % layout.phases) * layout.phase_width + shift)
 
 
 def parallel_units(workload: ConvWorkload, plan: DirectConvPlan, blocks: int) -> int:
@@ -369,38 +385,45 @@ def packed_input(workload: ConvWorkload, plan: DirectConvPlan, vector_width: int
     return None
 
 
-def frame_lead(workload: ConvWorkload, layout: Layout, vector_width: int) -> int:
-    """Lanes between the aligned vector at or before a tile's first input and that input:
-    shifted sums read their frame from there, so that every load is aligned. 0 where rows do
-    not start on vectors (the loads are then as misaligned as without a frame, still right)."""
-    if layout.row_stride % vector_width or layout.phase_width % vector_width:
+def frame_lanes(workload: ConvWorkload, plan: DirectConvPlan) -> int:
+    """Spare lanes of a tile's rows past the output width (a flat run: past the run), where a
+    shifted frame may put sums; 0 when tiles do not hold rows whole (or the plan is no table)."""
+    if plan.form != "table" or tiles(workload, plan)[1] != 1:
         return 0
-    return origin(workload, layout) % vector_width
+    return min(plan.vector_width - 1, plan.vectors_per_row * plan.vector_width - workload.tile_width)
+
+
+def entry_frames(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan,
+                 offsets: np.ndarray) -> np.ndarray:
+    """The frame of each entry's input offset under shifted sums: how far its load lies past
+    a vector boundary (from the image's start; every tile and row of a tile starts as far
+    past one, `shifted_sums_misfit`), capped at `frame_lanes`."""
+    lanes = frame_lanes(workload, plan)
+    misaligned = (origin(workload, layout) + offsets) % plan.vector_width
+    return np.minimum(misaligned, lanes)
 
 
 def shifted_sums_misfit(workload: ConvWorkload, layout: Layout, plan: DirectConvPlan) -> str | None:
     """Why `plan` cannot take shifted sums on this layer's input, or None when it can.
 
-    A table entry at column shift k (of K) adds w * in[... + x + k] into output column x. With
-    shifted sums its loads read the frame's aligned vectors, lane l = x + k + lead, into sums
-    kept in that frame; the kernel visits the shifts from K - 1 down to 0, rotating every
-    accumulator row one lane left between two shifts (and `lead` lanes after the last), the
-    lanes entering from the next vector of the row. A tile must therefore hold its rows whole,
-    and an output column x < Q must find its lane x + K - 1 + lead within the row's vectors:
-    the lanes rotated in from past the last vector are zeros, and land only past Q."""
+    A table entry whose input lies f lanes past a vector boundary adds w * in[... + x + f]
+    into output position x. With shifted sums it loads the aligned vector f lanes before that
+    instead (lane l = x + f) into sums kept in a frame f lanes left of the output's; the kernel
+    visits the entries frame by frame, largest first, rotating every accumulator row left by
+    the difference between two frames (and by the last frame at the end), lanes entering from
+    the row's next vector. So a tile must hold its rows whole, and frames reach at most the
+    spare lanes past the row's end (`frame_lanes`): an entry further past a boundary takes
+    the largest frame and a load that much misaligned. Rows starting on vectors (or one tile
+    row) keep an entry's misalignment the same in every tile."""
     if plan.form != "table" or layout.shifts > 1:
         return "shifted sums need the table form on unshifted input"
-    if layout.row_stride % plan.vector_width or layout.phase_width % plan.vector_width:
-        return "the input's rows do not start on vectors: a frame aligns no load"
-    shifts = workload.column_shifts()
-    if shifts < 2:
-        return "the kernel has one column shift: its loads need no frame"
     if tiles(workload, plan)[1] != 1:
         return "a tile must hold whole rows (vectors_per_row covering the output width)"
-    lanes = plan.vectors_per_row * plan.vector_width
-    reach = workload.tile_width + shifts - 1 + frame_lead(workload, layout, plan.vector_width)
-    if reach > lanes:
-        return f"a row's sums need {reach} lanes of frame, the tile's rows hold {lanes}"
+    if frame_lanes(workload, plan) == 0:
+        return "the tile's rows have no lanes to spare past the output width"
+    row_step = workload.strides[0] * layout.row_stride
+    if row_step % plan.vector_width and (plan.rows_per_tile > 1 or workload.tile_rows > 1):
+        return "tile rows do not start on vectors: an entry's misalignment varies by row"
     return None
 
 

@@ -14,7 +14,8 @@ import numpy as np
 from ..arrays import count_nonzeros
 from ..errors import InvalidPlanError
 from ..targets import Target
-from .direct_conv import ConvWorkload, DirectConvPlan, packed_input, shifted_sums_misfit
+from .direct_conv import (ConvWorkload, DirectConvPlan, entry_frames, origin, packed_input, shifted_sums_misfit,
+                          tap_offsets)
 from .gemm import GemmPlan
 from .layout import Layout
 
@@ -367,19 +368,32 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     return plan
 
 
+# Shifted sums are taken where their frames align at least this share of a kernel's loads
+# (and more than without them). AMD Zen 4, AVX-512, 10 % density (`tune.measure`, 3 interleaved
+# rounds): every load aligned: ResNet-50's 3x3 convs 1.25x (56 x 56), 1.35x (28 x 28), 1.32x
+# (14 x 14), 1.17-1.20x strided (two of three column shifts aligned already); VGG-16 conv3_1
+# 1.23x, conv4_2 1.31x, conv5_1 1.30x; CaffeNet conv2 (5x5) 1.44x, conv3 / conv4 1.31x. Half:
+# GoogLeNet's 7 x 7 maps run flat (rows 11 floats apart, 7 lanes to spare) 1.05-1.16x, its 14 x
+# 14 5x5 convs (3 of 5 column shifts within 2 spare lanes) 1.13x; ResNet-50 layer4.0.conv2 0.98x.
+# Less: ResNet-50's 7 x 7 3x3 convs (rows 9 apart, 3 lanes to spare: 22 %) 0.94x.
+FRAMES_MIN_ALIGNED_SHARE = 0.5
+
+
 def with_shifted_sums(workload: ConvWorkload, plan: DirectConvPlan, in_layout: Layout) -> DirectConvPlan:
-    """`plan` summing each column shift in a frame of its own (every input load aligned) when
-    its tiles and the input's layout allow it (`shifted_sums_misfit`), else `plan`. AMD Zen 4,
-    AVX-512, 10 % density (`tune.measure`, 3 interleaved rounds): ResNet-50's 3x3 convs
-    1.27x (56 x 56), 1.35x (28 x 28), 1.31x (14 x 14), 1.15-1.20x strided (one shift of two
-    aligned already); VGG-16 conv3_1 1.23x, conv4_2 1.31x, conv5_1 1.30x; CaffeNet conv2
-    (5x5) 1.44x, conv3 / conv4 1.31x. On 7 x 7 maps run flat, whose rows 9 floats apart
-    start on no vector, it aligned nothing (0.99x)."""
+    """`plan` summing in shifted frames (`shifted_sums_misfit`) when its tiles allow it and the
+    frames align enough of its loads (FRAMES_MIN_ALIGNED_SHARE), else `plan`."""
     if plan.form != "table" or plan.aligned_copies:
         return plan
     framed = replace(plan, shifted_sums=True)
     read = packed_input(workload, framed, plan.vector_width) or in_layout
-    return framed if shifted_sums_misfit(workload, read, framed) is None else plan
+    if shifted_sums_misfit(workload, read, framed) is not None:
+        return plan
+    # the taps of enough channels to see how their planes fall across vector boundaries
+    taps = tap_offsets(workload, read, min(workload.in_channels // workload.group, 16))
+    misaligned = (origin(workload, read) + taps) % plan.vector_width
+    aligned = float(np.mean(entry_frames(workload, read, framed, taps) == misaligned))
+    pays = aligned >= FRAMES_MIN_ALIGNED_SHARE and aligned > float(np.mean(misaligned == 0))
+    return framed if pays else plan
 
 
 def _unrolled(plan: DirectConvPlan) -> DirectConvPlan:

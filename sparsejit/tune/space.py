@@ -106,12 +106,13 @@ def _axes(workload: ConvWorkload, layer: _Layer, default: DirectConvPlan,
                     if rb * cb <= layer.registers and _tile_waste(layer, rb, cb) <= MAX_TILE_WASTE}
                    | {(default.rows_per_tile, default.vectors_per_row)})
     chunks = sorted({c for c in CHUNKS if c < layer.in_per_group} | {default.channel_chunk})
-    # aligned loads only change kernels with more than one column shift; copies need row tiles
-    # (a flat run reads its input's rows as they lie), frames the producer's layout
+    # copies only change kernels with more than one column shift and need row tiles (a flat
+    # run reads its input's rows as they lie); frames must fit the producer's layout
     aligned = ["none"]
-    if workload.column_shifts() > 1:
-        aligned += [*(["copies"] if not workload.flat_stride else []),
-                    *(["sums"] if layer.in_layout is not None else [])]
+    if workload.column_shifts() > 1 and not workload.flat_stride:
+        aligned.append("copies")
+    if layer.in_layout is not None:
+        aligned.append("sums")
     return {"form": ["table", "unrolled"], "tile": tiles, "block": blocks,
             "unroll": sorted({*UNROLLS, default.unroll}), "chunk": chunks, "order": list(ORDERS),
             "aligned": sorted(set(aligned) | {_aligned_of(default)}),

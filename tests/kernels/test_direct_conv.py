@@ -17,8 +17,9 @@ import pytest
 from sparsejit import targets
 from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import (LOOP_ORDERS, ConvWorkload, DirectConvPlan, flat_pays, flat_rows,
-                                          frame_lead, parallel_units, plane_conv, plane_row_floats,
-                                          plane_weights, shifted_sums_misfit, tails_into_padding)
+                                          entry_frames, frame_lanes, parallel_units, plane_conv,
+                                          plane_row_floats, plane_weights, shifted_sums_misfit,
+                                          tails_into_padding, tap_offsets)
 from sparsejit.kernels.reference import conv2d
 from sparsejit.kernels.layout import Layout
 
@@ -295,7 +296,7 @@ def test_random_mix():
             case.plan.update(channel_chunk=int(rng.choice([0, 1, 2])),
                              loop_order=str(rng.choice(LOOP_ORDERS)),
                              aligned_copies=align == "copies")
-            if align == "sums" and case.workload().column_shifts() > 1:
+            if align == "sums":
                 case = _framed(case, target, rows=case.plan["rows_per_tile"])
         run_case(case, target, seed=int(rng.integers(1 << 30)))
 
@@ -430,37 +431,30 @@ def test_one_tile_kernels_with_large_tables_prefetch_them():
 
 
 def _framed(case: ConvCase, target: str, rows: int = 2, **plan) -> ConvCase:
-    """`case` with shifted sums, its tiles as wide as its rows plus the frame's extra lanes
-    (the column shifts, and the lead of an input whose pads exceed the conv's)."""
+    """`case` with shifted sums and tiles holding its rows whole, with lanes to spare for the
+    frames of its column shifts and of the lead of an input whose pads exceed the conv's."""
     wl = case.workload()
     lead = 0 if wl.strides[1] > 1 else case.in_extra_pads[1]
-    vectors = -(-(wl.out_width + wl.column_shifts() - 1 + lead) // WIDTHS[target])
+    reach = wl.out_width + max(1, wl.column_shifts() - 1 + lead)
     return with_plan(case, **{"form": "table", "shifted_sums": True, "rows_per_tile": rows,
-                              "vectors_per_row": vectors, **plan})
+                              "vectors_per_row": -(-reach // WIDTHS[target]), **plan})
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", SHAPES, ids=_ids(SHAPES))
 def test_shapes_shifted_sums(case, target):
-    """Each column shift's entries summed in a frame of its own, the sums rotated between
-    shifts (every load aligned): strided (phase planes), dilated (shifts no entry has),
-    grouped, 5 x 5 to 11 x 11, a layout with extra pads (a frame lead). A kernel of one column
-    shift has nothing to align and is refused with the reason."""
-    framed = _framed(case, target)
-    wl = case.workload()
-    if wl.column_shifts() == 1:
-        plan = DirectConvPlan(shifted_sums=True, vector_width=WIDTHS[target], vectors_per_row=4)
-        layout = Layout.padded(wl.in_channels, wl.height, wl.width, wl.pads, align=WIDTHS[target])
-        assert "one column shift" in shifted_sums_misfit(wl, layout, plan)
-        return
+    """Each entry summed in a frame as many lanes left as its load lies past a vector boundary
+    (then loaded aligned), the sums rotated between frames: strided (phase planes), dilated,
+    grouped, 1x1 (one frame, 0, or the lead's), 5 x 5 to 11 x 11 (frames capped by the spare
+    lanes), a layout with extra pads (every frame shifted by a lead)."""
     seed = zlib.crc32(f"{case}framed{target}".encode()) % 10_000
-    assert run_case(framed, target, seed).shifted_sums
+    assert run_case(_framed(case, target), target, seed).shifted_sums
 
 
 FRAMED_BLOCKINGS = [
     dict(unroll=1),
     dict(rows_per_tile=5, unroll=3),  # tiles past the last row
-    dict(unroll=4, rows_per_tile=1, split_accumulators=True),  # sets summed per shift
+    dict(unroll=4, rows_per_tile=1, split_accumulators=True),  # sets summed per frame
     dict(channels_per_block=3, unroll=2),  # union patterns, padded last block
     dict(channel_chunk=2, unroll=2),  # passes: partial sums added in the output's frame
     dict(channel_chunk=5, loop_order="tile_block", channels_per_block=2),
@@ -474,7 +468,7 @@ FRAMED_BLOCKINGS = [
 @pytest.mark.parametrize("extra_left", [0, 3], ids=["aligned", "lead3"])
 def test_shifted_sums_blockings(blocking, extra_left, target):
     """Shifted sums with every other knob, a fused residual, batch 2, and an input whose rows
-    carry extra left pads (the frame starts that many lanes before the conv's first column)."""
+    carry extra left pads (every entry's frame grows by them)."""
     v = WIDTHS[target]
     for i, (width, kernel, dil) in enumerate([(v - 2, (3, 3), 1), (2 * v - 4, (5, 5), 1),
                                               (v + 3, (3, 3), 2)]):
@@ -489,44 +483,51 @@ def test_shifted_sums_blockings(blocking, extra_left, target):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("density", DENSITIES, ids=str)
 def test_shifted_sums_densities(density, target):
-    """No entries, one, some and all, on every target (empty shift groups still rotate)."""
+    """No entries, one, some and all, on every target (frames without entries still rotate)."""
     case = ConvCase(6, 9, WIDTHS[target] + 5, 8, (3, 3), pads=(1, 1, 1, 1), batch=2,
                     density=density, plan=dict(channel_chunk=4))
     assert run_case(_framed(case, target), target, seed=71).shifted_sums
 
 
 @pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("rows_apart", [16, 7], ids=["rows-on-vectors", "rows-7-apart"])
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
-def test_shifted_sums_flat_run(residual, target):
-    """A flat run over rows that start on vectors (16 floats apart) and an interior 3 lanes
-    into its row: the frame leads by 3, the run's sums rotate across its vectors, the default
-    plan takes shifted sums."""
-    reach = 4 * 16 + 5 + 2 + 3  # the run, the shifts, the lead
-    case = ConvCase(4, 5, 5, 6, (3, 3), pads=(1, 1, 1, 1), in_extra_pads=(0, 3, 0, 6),
+def test_shifted_sums_flat_run(residual, rows_apart, target):
+    """A flat run (one tile row: its entries' misalignments are the same in every image) over
+    rows 16 floats apart with the interior 3 lanes into its row, or 7 apart (as ResNet-50's 7 x 7
+    maps, 9): frames capped by the run's spare lanes, the sums rotated across its vectors; the
+    default plan takes them where they align every load."""
+    extra = (0, 3, 0, 6) if rows_apart == 16 else (0, 0, 0, 0)
+    run = 4 * rows_apart + 5
+    plan = dict(form="table", vectors_per_row=-(-(run + 8) // WIDTHS[target]))
+    if rows_apart != 16:  # whether frames pay there depends on the target: asked for
+        plan["shifted_sums"] = True
+    case = ConvCase(4, 5, 5, 6, (3, 3), pads=(1, 1, 1, 1), in_extra_pads=extra,
                     batch=2, density=0.5, out_pads=(1, 0, 1, 0), residual=residual, flat=True,
-                    plan=dict(form="table", vectors_per_row=-(-reach // WIDTHS[target])))
+                    plan=plan)
     assert run_case(case, target, seed=73).shifted_sums
-    one = with_plan(case, channel_chunk=2, rows_per_tile=1)
+    one = with_plan(case, channel_chunk=2, rows_per_tile=1, shifted_sums=True)
     assert run_case(one, target, seed=74).shifted_sums
 
 
-def test_shifted_sums_misfits():
-    """Where a frame cannot hold the sums, or aligns nothing, the reason is given."""
+def test_shifted_sums_misfits_and_frames():
+    """Where frames cannot hold the sums the reason is given; an entry's frame is its load's
+    distance past a vector boundary, capped by the spare lanes of the tile's rows."""
     wl = ConvWorkload(8, 14, 14, 8, (3, 3), pads=(1, 1, 1, 1))
     aligned = Layout.padded(8, 14, 14, (1, 1, 1, 1), align=16)
     plan = DirectConvPlan(rows_per_tile=14, vectors_per_row=1, shifted_sums=True)
-    assert shifted_sums_misfit(wl, aligned, plan) is None  # 14 + 2 lanes of 16
-    assert frame_lead(wl, aligned, 16) == 0
-    wider = Layout.padded(8, 14, 14, (1, 2, 1, 1), align=16)  # one more left pad: lead 1
-    assert frame_lead(wl, wider, 16) == 1
-    assert "17 lanes" in shifted_sums_misfit(wl, wider, plan)
-    assert shifted_sums_misfit(wl, wider, replace(plan, vectors_per_row=2)) is None
+    assert shifted_sums_misfit(wl, aligned, plan) is None
+    assert frame_lanes(wl, plan) == 2  # 14 of 16 lanes used
+    taps = tap_offsets(wl, aligned, 1)
+    assert entry_frames(wl, aligned, plan, taps).tolist() == [0, 1, 2] * 3
+    wider = Layout.padded(8, 14, 14, (1, 2, 1, 1), align=16)  # one more left pad: 1 lane on
+    assert entry_frames(wl, wider, plan, tap_offsets(wl, wider, 1)).tolist() == [1, 2, 2] * 3
+    assert frame_lanes(wl, replace(plan, vectors_per_row=2)) == 15
     assert "whole rows" in shifted_sums_misfit(replace(wl, width=40), aligned,
                                                 replace(plan, vectors_per_row=2))
-    unaligned = Layout.padded(8, 14, 14, (1, 1, 1, 1))  # rows 16 floats apart, but 8 lanes
-    assert "start on vectors" in shifted_sums_misfit(wl, Layout.padded(8, 14, 13, (1, 1, 1, 1)),
-                                                     plan)
-    assert shifted_sums_misfit(wl, unaligned, plan) is None
+    assert "no lanes to spare" in shifted_sums_misfit(replace(wl, width=16), aligned, plan)
+    rows9 = Layout.padded(8, 14, 14, (1, 1, 1, 1), align=9)
+    assert "do not start on vectors" in shifted_sums_misfit(wl, rows9, plan)
     assert "table form" in shifted_sums_misfit(wl, aligned, replace(plan, shifted_sums=False,
                                                                     form="unrolled"))
     with pytest.raises(ValueError, match="table form"):

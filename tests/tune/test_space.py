@@ -107,8 +107,8 @@ def test_flat_runs_get_no_aligned_copies():
 
 def test_shifted_sums_are_searched_where_they_fit_the_producers_layout():
     """Given the producer's layout, the space has plans with and without shifted sums, and
-    every one with them fits (a tile holding its rows whole, with the frame's lanes); without
-    the layout (which a frame must fit) none is proposed."""
+    every one with them fits (a tile holding its rows whole, with lanes to spare); without the
+    layout (which frames must fit) none is proposed."""
     from sparsejit.kernels.direct_conv import packed_input, shifted_sums_misfit
     from sparsejit.kernels.layout import Layout
 
@@ -124,7 +124,10 @@ def test_shifted_sums_are_searched_where_they_fit_the_producers_layout():
             read = packed_input(wl, p, 16) or produced
             assert shifted_sums_misfit(wl, read, p) is None, p.variant()
     assert not any(p.shifted_sums for p in candidates(wl, w, host, budget=10_000))
-    flat = replace(ConvWorkload(32, 9, 9, 32, (3, 3)), flat_stride=9)  # rows on no vector
+    # a 7 x 7 map run flat, rows 9 floats apart: frames (within the run's spare lanes), no copies
+    flat = replace(ConvWorkload(32, 9, 9, 32, (3, 3)), flat_stride=9)
     odd = Layout.padded(32, 7, 7, (1, 1, 1, 1))
     flat_plans = candidates(flat, weights(flat, 0.1, seed=3), host, budget=10_000, in_layout=odd)
-    assert not any(p.shifted_sums or p.aligned_copies for p in flat_plans)
+    assert not any(p.aligned_copies for p in flat_plans)
+    assert all(shifted_sums_misfit(flat, odd, p) is None for p in flat_plans if p.shifted_sums)
+    assert any(p.shifted_sums for p in flat_plans)
