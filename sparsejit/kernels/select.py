@@ -344,6 +344,26 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         mb = 1
         rb, cb = _sparse_tile(workload, weight_density, vectors, budget, v)
         rb = pointwise_column_rows(workload, rb, cb, vectors)
+    plan = _tile_plan(workload, weight_density, nonzeros, dense, first_conv is not None, mb, rb, cb, v)
+    plan = apply_override(plan, override, layer)
+    override = override or {}
+    if dense or in_layout is None or "shifted_sums" in override:
+        return plan
+    framed = with_shifted_sums(workload, plan, in_layout)
+    wide = None if framed.shifted_sums or override.keys() & TILE_FIELDS else _framed_tile(
+        workload, weight_density, budget, v)
+    if wide is not None:  # rows whole, with lanes to spare for frames
+        wider = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *wide, v)
+        wider = with_shifted_sums(workload, apply_override(wider, override, layer), in_layout)
+        framed = wider if wider.shifted_sums else framed
+    return framed
+
+
+def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, dense: bool,
+               first_conv: bool, mb: int, rb: int, cb: int, v: int) -> DirectConvPlan:
+    """The plan of a tile of rb x cb accumulators (and mb channels per block): its unroll,
+    passes and loop order, its form."""
+    cg = workload.in_channels // workload.group
     split = rb * cb * mb < 4
     unroll = 4 if split else 2
     if dense:
@@ -359,13 +379,37 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                           channel_chunk=chunk, loop_order=order)
     # unrolled where its code stays small: sparse layers, and first convs with few taps (VGG-16
     # conv1_1, 27 taps: 2.01 -> 1.71 ms on Zen 4; 147- and 363-tap first convs do not fit)
-    if ((not dense or first_conv is not None)
-            and unrolled_fits(nonzeros, rb, cb)):
+    if (not dense or first_conv) and unrolled_fits(nonzeros, rb, cb):
         plan = _unrolled(plan)
-    plan = apply_override(plan, override, layer)
-    if not dense and in_layout is not None and "shifted_sums" not in (override or {}):
-        plan = with_shifted_sums(workload, plan, in_layout)
     return plan
+
+
+# Plan fields that fix a tile: an override naming one keeps it.
+TILE_FIELDS = {"form", "rows_per_tile", "vectors_per_row", "channels_per_block"}
+# A sparse layer whose tiles leave no lanes for frames (rows a multiple of the vector: VGG-16's
+# 112 and 224 columns) may take rows one vector wider, whole, when that adds at most this much
+# work. AMD Zen 4, 10 % density (`tune.measure`, 3 interleaved rounds): conv2_1 and conv2_2 2 x 8
+# with frames 1.10-1.11x over 2 x 7 without (3 x 8: 0.93x, its 16-channel slices 42 KB),
+# conv1_2 1 x 15 1.13x.
+FRAMED_TILE_MAX_WORK = 1.15
+
+
+def _framed_tile(workload: ConvWorkload, weight_density: float, budget: int,
+                 v: int) -> tuple[int, int] | None:
+    """A tile of whole rows with lanes to spare for every column shift's frame, within
+    FRAMED_TILE_MAX_WORK of the row's vectors and the budget, with the most rows whose passes'
+    slices stay within PASS_SLICE_BYTES_TAPS (else one row); None when there is none."""
+    shifts = workload.column_shifts()
+    vectors = -(-workload.tile_width // v)
+    cb = -(-(workload.tile_width + shifts - 1) // v)
+    if shifts < 2 or cb > budget or cb > FRAMED_TILE_MAX_WORK * vectors:
+        return None
+    for rb in range(min(budget // cb, workload.tile_rows), 0, -1):
+        chunk, _ = sparse_passes(workload, weight_density, rb, cb, v)
+        slice_bytes = 4 * tile_input_floats(workload, rb, cb, v) * (chunk or workload.in_channels)
+        if slice_bytes <= PASS_SLICE_BYTES_TAPS:
+            return rb, cb
+    return 1, cb
 
 
 # Shifted sums are taken where their frames align at least this share of a kernel's loads
