@@ -101,8 +101,8 @@ class DirectConvPlan:
     # the next tile (its partial sums stay in cache between passes)
     loop_order: str = "block_tile"
     aligned_copies: bool = False  # pack one input copy per column shift: all loads aligned
-    # table form: the entries of each column shift summed in a frame of lanes shifted by it,
-    # the sums rotated into place between shifts: all loads aligned (`shifted_sums_fit`)
+    # table form: each entry summed in a frame of lanes as far left as its load lies past a
+    # vector boundary, the sums rotated between frames: loads aligned (`shifted_sums_misfit`)
     shifted_sums: bool = False
     # what threads divide: output-channel blocks (each thread reads all of the input), or
     # output tiles (each reads its rows' input, mostly what it wrote as the layer before)
@@ -177,11 +177,11 @@ class Pattern:
     nonzeros: int  # true nonzeros of the weight tensor
     chunks: int = 1
     frames: tuple[int, ...] = (0,)  # lanes each group's frame lies left of the output's
+    digest: str = field(default="")  # sha256 of `arrays()` (hex), set by build_pattern
 
     @property
     def groups(self) -> int:
         return len(self.frames)
-    digest: str = field(default="")  # sha256 of `arrays()` (hex), set by build_pattern
 
     @property
     def blocks(self) -> int:

@@ -350,13 +350,14 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     if dense or in_layout is None or "shifted_sums" in override:
         return plan
     framed = with_shifted_sums(workload, plan, in_layout)
-    wide = None if framed.shifted_sums or override.keys() & TILE_FIELDS else _framed_tile(
-        workload, weight_density, budget, v)
-    if wide is not None:  # rows whole, with lanes to spare for frames
-        wider = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *wide, v)
-        wider = with_shifted_sums(workload, apply_override(wider, override, layer), in_layout)
-        framed = wider if wider.shifted_sums else framed
-    return framed
+    if framed.shifted_sums or override.keys() & TILE_FIELDS:
+        return framed
+    wide = _framed_tile(workload, weight_density, budget, v)  # rows whole, lanes to spare
+    if wide is None:
+        return framed
+    wider = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *wide, v)
+    wider = with_shifted_sums(workload, apply_override(wider, override, layer), in_layout)
+    return wider if wider.shifted_sums else framed
 
 
 def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, dense: bool,
