@@ -277,3 +277,16 @@ def test_rows_a_multiple_of_the_vector_take_a_wider_tile_for_frames():
         assert not select.choose_conv(wl, w, host).shifted_sums  # no layout, no frames
         kept = select.choose_conv(wl, w, host, {"vectors_per_row": 7}, in_layout=produced)
         assert kept.vectors_per_row == 7 and not kept.shifted_sums
+
+
+def test_dense_layers_visit_every_channel_block_per_tile():
+    """A dense layer's tile input stays in L1 while every block of channels reads it (tiles
+    outside blocks), in one pass too (CaffeNet conv1 over its phase planes); an image's first
+    conv, a few channels deep, keeps blocks outside tiles."""
+    host = targets.get("avx512")
+    planes = ConvWorkload(48, 57, 57, 96, (3, 3), flat_stride=57)
+    plan = select.choose_conv(planes, np.ones((96, 48, 3, 3), np.float32), host)
+    assert plan.channels_per_block == 4 and plan.channel_chunk == 0
+    assert plan.loop_order == "tile_block"
+    first = ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3))
+    assert select.choose_conv(first, np.ones((64, 3, 7, 7), np.float32), host).loop_order == "block_tile"
