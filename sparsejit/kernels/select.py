@@ -322,7 +322,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                 in_layout: Layout | None = None) -> DirectConvPlan:
     """The default direct-conv plan for this layer on this target, with `override` applied.
     Given the layout its producer writes (`in_layout`), a sparse table plan also sums in
-    shifted frames where its tiles allow (`with_shifted_sums`), unless `override` says."""
+    shifted frames where its tiles allow (`with_shifted_sums`), or takes whole rows a vector
+    wider for them (`_framed_tile`), unless `override` says (shifted_sums, or a tile)."""
     v = target.vector_width
     nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
@@ -410,7 +411,8 @@ def _framed_tile(workload: ConvWorkload, weight_density: float, budget: int,
         return None
     for rb in range(min(budget // cb, workload.tile_rows), 0, -1):
         chunk, _ = sparse_passes(workload, weight_density, rb, cb, v)
-        slice_bytes = 4 * tile_input_floats(workload, rb, cb, v) * (chunk or workload.in_channels)
+        channels = chunk or workload.in_channels // workload.group
+        slice_bytes = 4 * tile_input_floats(workload, rb, cb, v) * channels
         if slice_bytes <= PASS_SLICE_BYTES_TAPS:
             return rb, cb
     return 1, cb

@@ -2,8 +2,9 @@
 
 The knobs are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
-order, aligned loads (input copies per column shift, or sums in shifted frames), the form (the unrolled form only while its code stays small) and,
-tuned for several threads, how threads divide the layer (channel blocks or output tiles).
+order, aligned loads (input copies per column shift, or sums in shifted frames), the form (the
+unrolled form only while its code stays small) and, tuned for several threads, how threads
+divide the layer (channel blocks or output tiles).
 The default plan comes first, so every tuning run measures the baseline; then neighbours of the
 default (one knob changed: where the heuristics of select.py are most likely off by one step),
 then a seeded sample of the whole space (knobs that only pay off together).
