@@ -393,9 +393,10 @@ def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, den
 TILE_FIELDS = {"form", "rows_per_tile", "vectors_per_row", "channels_per_block"}
 # A sparse layer whose tiles leave no lanes for frames (rows a multiple of the vector: VGG-16's
 # 112 and 224 columns) may take rows one vector wider, whole, when that adds at most this much
-# work. AMD Zen 4, 10 % density (`tune.measure`, 3 interleaved rounds): conv2_1 and conv2_2 2 x 8
-# with frames 1.10-1.11x over 2 x 7 without (3 x 8: 0.93x, its 16-channel slices 42 KB),
-# conv1_2 1 x 15 1.13x.
+# work, with the most rows whose passes' slices fit L1. AMD Zen 4, 10 % density (`tune.measure`,
+# 3 interleaved rounds): conv2_1 and conv2_2 2 x 8 with frames 1.10-1.11x over 2 x 7 without,
+# 1 x 8 (16-channel slices of 25 KB) 1.07-1.10x over 2 x 8 (33 KB), 3 x 8 (42 KB) 0.93x; conv1_2
+# 1 x 15 (46 KB: no tile of its 15 vectors fits) 1.13x over 2 x 7.
 FRAMED_TILE_MAX_WORK = 1.15
 
 
@@ -403,7 +404,7 @@ def _framed_tile(workload: ConvWorkload, weight_density: float, budget: int,
                  v: int) -> tuple[int, int] | None:
     """A tile of whole rows with lanes to spare for every column shift's frame, within
     FRAMED_TILE_MAX_WORK of the row's vectors and the budget, with the most rows whose passes'
-    slices stay within PASS_SLICE_BYTES_TAPS (else one row); None when there is none."""
+    slices fit L1 (PASS_L1_BYTES; else one row); None when there is none."""
     shifts = workload.column_shifts()
     vectors = -(-workload.tile_width // v)
     cb = -(-(workload.tile_width + shifts - 1) // v)
@@ -413,7 +414,7 @@ def _framed_tile(workload: ConvWorkload, weight_density: float, budget: int,
         chunk, _ = sparse_passes(workload, weight_density, rb, cb, v)
         channels = chunk or workload.in_channels // workload.group
         slice_bytes = 4 * tile_input_floats(workload, rb, cb, v) * channels
-        if slice_bytes <= PASS_SLICE_BYTES_TAPS:
+        if slice_bytes <= PASS_L1_BYTES:
             return rb, cb
     return 1, cb
 

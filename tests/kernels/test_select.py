@@ -264,11 +264,11 @@ def test_shifted_sums_where_their_frames_align_half_the_loads():
 
 def test_rows_a_multiple_of_the_vector_take_a_wider_tile_for_frames():
     """VGG-16's 112- and 224-column 3x3 convs fill their vectors: no lane to spare for a frame.
-    Given the producer's layout they take rows whole and one vector wider (2 x 8: the most
-    rows whose 16-channel slices stay within 40 KB; 224: one row of 15), with frames; an
-    override of the tile keeps it."""
+    Given the producer's layout they take rows whole and one vector wider (1 x 8: the most
+    rows whose 16-channel slices fit L1, 25 KB; 224: one row of 15, whose slices fit in no
+    tile), with frames; an override of the tile keeps it."""
     host = targets.get("avx512")
-    for width, tile in ((112, (2, 8)), (224, (1, 15))):
+    for width, tile in ((112, (1, 8)), (224, (1, 15))):
         wl = ConvWorkload(64, 20, width, 64, (3, 3), pads=(1, 1, 1, 1))
         w = _weight(wl, 0.1)
         produced = Layout.padded(64, 20, width, (1, 1, 1, 1), align=16)
