@@ -173,7 +173,7 @@ class CompiledModel:
                         run_native(prog.driver, table, self._pool)
                         if times is not None:
                             _spread(times, item, table, time.perf_counter() - start)
-                        for tensor in item.writes():
+                        for tensor in item.written:
                             env[tensor] = arena.views[tensor]
                     else:
                         item.run(env, arena, self._pool, self.threads)

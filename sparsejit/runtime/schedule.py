@@ -10,6 +10,7 @@ barrier after each layer whose output other threads read.
 from __future__ import annotations
 
 import ctypes
+import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -52,8 +53,13 @@ class NativeRun:
     def layer(self) -> str:
         return f"{self.steps[0].layer} .. {self.steps[-1].layer}"
 
+    @functools.cached_property
+    def written(self) -> tuple[str, ...]:
+        """The tensors its steps write (computed once: a call exposes them after the run)."""
+        return tuple(t for step in self.steps for t in step.writes())
+
     def writes(self) -> list[str]:
-        return [t for step in self.steps for t in step.writes()]
+        return list(self.written)
 
 
 def group(steps: list[Step]) -> list[Step | NativeRun]:
