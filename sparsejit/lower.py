@@ -464,7 +464,8 @@ class _Builder:
         self.extent[y] = max(self.extent.get(y, 0), written)
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
         units = parallel_units(wl, plan, pattern.blocks)
-        step = st.ActivationKernel(node.name, src, y, None, units, images, flops, residual)
+        step = st.ActivationKernel(node.name, src, y, None, units, images, flops, residual,
+                                   residual_in_place=pattern.chunks == 1)
         self._add_kernel(step, info, st.ConvFn)
 
     def repack(self, name: str, op: str, x: str, out: str, src: Layout, dst: Layout | PhasePlanes,
@@ -761,12 +762,14 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
         part_floats = (b.images(part) - 1) * lay.image_stride + lay.shift_stride
         reach[whole] = max(reach.get(whole, 0), offset + max(part_floats, b.extent.get(part, 0)))
     lifetimes = []
+    in_place_of = residuals_to_write_over(b.steps, b.aliases, b.parts)
     for t, layout in layouts.items():
         if t not in first or t in b.parts:
             continue
         floats = max(b.images(t) * layout.image_stride, b.extent.get(t, 0), reach.get(t, 0))
         lifetimes.append(Lifetime(t, layout, floats, first[t],
-                                  end if t in graph.outputs else last.get(t, first[t])))
+                                  end if t in graph.outputs else last.get(t, first[t]),
+                                  in_place_of.get(t)))
     slot_of, sizes = plan_buffers(lifetimes)
     offsets = {}
     for part, (whole, offset) in b.parts.items():
@@ -775,6 +778,22 @@ def lower(graph: Graph, target: Target, batch: int, overrides: dict[str, dict] |
     return Program(batch, b.steps, slot_of, sizes, {t: layouts[t] for t in slot_of},
                    {t: b.images(t) for t in slot_of}, b.scratch, b.flat, b.aliases,
                    b.layers, library, list(graph.inputs), list(graph.outputs), driver, offsets)
+
+
+def residuals_to_write_over(steps: list[st.Step], aliases: dict, parts: dict) -> dict[str, str]:
+    """Output -> the fused residual whose buffer it may take (`Lifetime.in_place_of`): of
+    kernels that read each residual element just before writing the same output element, those
+    whose residual owns its buffer (not a view, nor a Concat input written into another's) and
+    is not where the kernel reads its input from (a conv reads its input around each output)."""
+    views = set(aliases) | {base for base, _ in aliases.values()}
+
+    def storage(t: str) -> str:
+        return aliases[t][0] if t in aliases else parts[t][0] if t in parts else t
+
+    return {step.output: step.residual for step in steps
+            if isinstance(step, st.ActivationKernel) and step.residual_in_place
+            and step.residual not in views and step.residual not in parts
+            and storage(step.input) != step.residual}
 
 
 def _writes(step: st.Step) -> list[str]:

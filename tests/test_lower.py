@@ -424,3 +424,53 @@ def test_dense_fc_takes_a_batch_in_one_pass_where_registers_allow(batch, target)
     assert_close(cm(x), run_ort(model, {"x": x})[0], what=f"dense fc, batch {batch}, {target}")
     rows = min(batch, select.GEMM_MAX_ROWS[tgt.vector_registers])
     assert f"_r{rows}x" in kinds(cm)["gemm_node"], kinds(cm)
+
+
+def _residual_block(rng, batch):
+    """y = relu(conv1x1(relu(conv3x3(x))) + s), s = conv3x3(x) (a 1x1 would merge into the
+    other 1x1, graph/merge.py)."""
+    x = rng.standard_normal((batch, 8, 9, 11)).astype(np.float32)
+    consts = {"w1": _sparse(rng, (8, 8, 3, 3)), "w2": _sparse(rng, (8, 8, 1, 1)),
+              "ws": _sparse(rng, (8, 8, 3, 3))}
+    nodes = [oh.make_node("Conv", ["x", "w1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["a"], ["ar"], name="r1"),
+             oh.make_node("Conv", ["x", "ws"], ["s"], name="shortcut", pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["ar", "w2"], ["b"], name="c2"),
+             oh.make_node("Add", ["b", "s"], ["c"], name="add"),
+             oh.make_node("Relu", ["c"], ["y"], name="r2")]
+    return make_model(nodes, {"x": x}, ["y"], consts), x
+
+
+@pytest.mark.parametrize("batch, threads", [(1, 1), (2, 2)])
+def test_a_conv_writes_over_its_residual_read_last(batch, threads):
+    """A conv that adds a residual in one pass writes its output into the residual's buffer
+    (each element is read just before the same element is written), with the same answer."""
+    model, x = _residual_block(np.random.default_rng(batch), batch)
+    cm = compiled_and_checked(model, {"x": x}, threads=threads)
+    program = cm.lowered()
+    step = next(s for s in program.steps if getattr(s, "residual", None))
+    assert step.residual_in_place and program.slot_of[step.output] == program.slot_of[step.residual]
+
+
+def test_a_conv_does_not_write_over_a_residual_it_reads_in_passes_or_its_own_input():
+    rng = np.random.default_rng(5)
+    # partial sums stored by the first pass would overwrite the residual before it is added
+    model, x = _residual_block(rng, 1)
+    cm = sparsejit.compile(model, plans={"c2": {"form": "table", "channel_chunk": 4}})
+    assert_close(cm.run({"x": x})["y"], run_ort(model, {"x": x})[0], what="y")
+    program = cm.lowered()
+    step = next(s for s in program.steps if getattr(s, "residual", None))
+    assert not step.residual_in_place
+    assert program.slot_of[step.output] != program.slot_of[step.residual]
+    # a + conv(a): the conv reads a around each output while it writes
+    x = rng.standard_normal((1, 8, 9, 11)).astype(np.float32)
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], name="c0", pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["a", "w1"], ["b"], name="c1", pads=[1, 1, 1, 1]),
+             oh.make_node("Add", ["b", "a"], ["c"], name="add"),
+             oh.make_node("Conv", ["c", "w2"], ["y"], name="c2", pads=[1, 1, 1, 1])]
+    consts = {f"w{i}": _sparse(rng, (8, 8, 3, 3)) for i in range(3)}  # a, c padded alike
+    model = make_model(nodes, {"x": x}, ["y"], consts)
+    cm = compiled_and_checked(model, {"x": x})
+    program = cm.lowered()
+    step = next(s for s in program.steps if getattr(s, "residual", None))
+    assert program.slot_of[step.output] != program.slot_of[step.residual]
