@@ -464,8 +464,10 @@ class _Builder:
         self.extent[y] = max(self.extent.get(y, 0), written)
         flops = 2 * pattern.nonzeros * wl.out_height * wl.out_width * images
         units = parallel_units(wl, plan, pattern.blocks)
+        # both forms read each residual element before first writing the same output element
+        # (the table form's passes start from it)
         step = st.ActivationKernel(node.name, src, y, None, units, images, flops, residual,
-                                   residual_in_place=pattern.chunks == 1)
+                                   residual_in_place=True)
         self._add_kernel(step, info, st.ConvFn)
 
     def repack(self, name: str, op: str, x: str, out: str, src: Layout, dst: Layout | PhasePlanes,

@@ -260,7 +260,7 @@ RESIDUAL_PLANS = [{"form": "table"}, {"form": "table", "channel_chunk": 2},
 @pytest.mark.parametrize("plan", RESIDUAL_PLANS, ids=str)
 def test_fused_residual(plan, target):
     """A fused Add: the residual (in a layout with other pads, NaN outside its interior) is
-    added before the activation, on the last input-channel pass only."""
+    added before the activation (in passes over input channels: the first pass starts from it)."""
     case = ConvCase(6, 7, WIDTHS[target] + 3, 4, (3, 3), pads=(1, 1, 1, 1), batch=2, density=0.4,
                     residual=True, plan=plan)
     run_case(case, target, seed=21)
