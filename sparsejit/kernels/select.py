@@ -351,6 +351,14 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     if dense or in_layout is None or "shifted_sums" in override:
         return plan
     framed = with_shifted_sums(workload, plan, in_layout)
+    if framed.shifted_sums and not override.keys() & (TILE_FIELDS | {"channel_chunk"}):
+        fewer = _fewer_framed_passes(workload, weight_density, framed, budget, v)
+        if fewer is not None:
+            wider = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *fewer[0], v)
+            wider = replace(wider, channel_chunk=fewer[1])
+            wider = with_shifted_sums(workload, apply_override(wider, override, layer), in_layout)
+            if wider.shifted_sums:
+                return wider
     if framed.shifted_sums or override.keys() & TILE_FIELDS:
         return framed
     wide = _framed_tile(workload, weight_density, budget, v)  # rows whole, lanes to spare
@@ -417,6 +425,46 @@ def _framed_tile(workload: ConvWorkload, weight_density: float, budget: int,
         if slice_bytes <= PASS_L1_BYTES:
             return rb, cb
     return 1, cb
+
+
+# A framed pass pays per accumulator for its sums' rotations between frames (and the partial
+# sums' load and store), so framed passes over input channels take at least this many table
+# entries per output channel: tiles whose passes of that many channels read input slices within
+# PASS_SLICE_BYTES_TAPS, among those within FRAMED_PASSES_TILE_SLACK of the least work. AMD Zen 4,
+# 10 % density (`tune.measure`, 3 interleaved rounds): 56 x 56 3x3 convs, which the L1 rule
+# gave 4 x 4 tiles with 16-channel passes (14 entries; 25 KB slices), with 32-channel passes:
+# 2 x 4 (34 KB) 1.16x (ResNet-50 layer1.1.conv2) and 1.20x (VGG-16 conv3_2), 3 x 4 (42 KB)
+# 1.12-1.13x, 4 x 4 (50 KB) 1.05-1.08x; 64 channels 1.01-1.05x; GoogLeNet conv2/3x3 2 x 4
+# 1.15x. Networks (in-process A/B, calls alternated): ResNet-50 1.009x, GoogLeNet 1.030x,
+# VGG-16 1.036x. Not for passes inside tiles: VGG-16 conv1_2 and conv2_2 (1-row tiles, 16
+# channels) 0.94-0.96x with 32.
+PASS_MIN_ENTRIES_FRAMED = 24
+FRAMED_PASSES_TILE_SLACK = 1.20
+
+
+def _fewer_framed_passes(workload: ConvWorkload, weight_density: float, plan: DirectConvPlan,
+                         budget: int, v: int) -> tuple[tuple[int, int], int] | None:
+    """(tile, channels per pass) for a framed plan whose passes carry fewer than
+    PASS_MIN_ENTRIES_FRAMED entries per output channel, or None when it has enough (or no
+    tile of the rows' width gives it more within the slice budget)."""
+    cg = workload.in_channels // workload.group
+    taps = workload.kernel[0] * workload.kernel[1]
+    if (not plan.channel_chunk or plan.loop_order != "tile_block"
+            or weight_density * plan.channel_chunk * taps >= PASS_MIN_ENTRIES_FRAMED):
+        return None
+    chunk = plan.channel_chunk
+    while weight_density * chunk * taps < PASS_MIN_ENTRIES_FRAMED and chunk < cg:
+        chunk *= 2
+    if chunk >= cg:
+        return None
+    vectors = -(-workload.tile_width // v)
+    tiles = _near_best_tiles(workload.tile_rows, vectors, budget, FRAMED_PASSES_TILE_SLACK)
+    for rb, cb in tiles:
+        if cb != plan.vectors_per_row:
+            continue
+        if chunk * 4 * tile_input_floats(workload, rb, cb, v) <= PASS_SLICE_BYTES_TAPS:
+            return (rb, cb), chunk
+    return None
 
 
 # Shifted sums are taken where their frames align at least this share of a kernel's loads

@@ -279,6 +279,29 @@ def test_rows_a_multiple_of_the_vector_take_a_wider_tile_for_frames():
         assert kept.vectors_per_row == 7 and not kept.shifted_sums
 
 
+def test_framed_passes_carry_enough_entries():
+    """A 56 x 56 3x3 conv, whose L1 rule gives 4 x 4 tiles with 16-channel passes (14 entries
+    per output channel at 10 %), takes 2 x 4 tiles with 32 once its sums are framed (each pass
+    rotates every accumulator); without frames, with passes inside tiles (VGG-16's 224 x 224,
+    1-row tiles) or with the user's chunk, it keeps its passes."""
+    host = targets.get("avx512")
+    wl = ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1))
+    w = _weight(wl, 0.1)
+    produced = Layout.padded(64, 56, 56, (1, 1, 1, 1), align=16)
+    plan = select.choose_conv(wl, w, host, in_layout=produced)
+    assert plan.shifted_sums and (plan.rows_per_tile, plan.vectors_per_row) == (2, 4)
+    assert plan.channel_chunk == 32 and plan.loop_order == "tile_block"
+    assert 0.1 * 32 * 9 >= select.PASS_MIN_ENTRIES_FRAMED > 0.1 * 16 * 9
+    unframed = select.choose_conv(wl, w, host)
+    assert (unframed.rows_per_tile, unframed.channel_chunk) == (4, 16)
+    kept = select.choose_conv(wl, w, host, {"channel_chunk": 16}, in_layout=produced)
+    assert kept.shifted_sums and kept.channel_chunk == 16 and kept.rows_per_tile == 4
+    big = ConvWorkload(64, 224, 224, 64, (3, 3), pads=(1, 1, 1, 1))
+    plan = select.choose_conv(big, _weight(big, 0.1), host,
+                              in_layout=Layout.padded(64, 224, 224, (1, 1, 1, 1), align=16))
+    assert plan.loop_order == "tile_chunk_block" and plan.channel_chunk == 16
+
+
 def test_dense_layers_visit_every_channel_block_per_tile():
     """A dense layer's tile input stays in L1 while every block of channels reads it (tiles
     outside blocks), in one pass too (CaffeNet conv1 over its phase planes); an image's first
