@@ -67,6 +67,15 @@ from .targets import Target
 from .tune import log as tuning_log
 
 
+# A copy (a strided conv's packed input, a subsample) counts each element as this many flops
+# when deciding whether to split it across threads (runtime/steps.py: useful_threads): it
+# moves 8 bytes per element, as long as ~16 FMAs take at the rates here, and the threshold is in
+# flops. Counted as 1, ResNet-50's 1.6 MB layer2.0.conv2 pack (0.16 ms) ran on one thread
+# (NATIVE_MIN_PARALLEL_FLOPS); split, ResNet-50 1.014x and GoogLeNet 1.006x at batch 1 on two
+# threads (paired in-process A/B).
+COPY_FLOPS = 16
+
+
 @dataclass
 class LayerInfo:
     """What was generated for one layer: for report(), ir() and asm()."""
@@ -488,7 +497,7 @@ class _Builder:
                 lambda: render_repack(name, channels, src, dst, channel_offset, v, tname),
                 "repack", name, channels, src, dst, channel_offset, v, tname)
         step = st.ActivationKernel(name, x, out, None, channels, images,
-                                   channels * src.height * src.width * images,
+                                   channels * src.height * src.width * images * COPY_FLOPS,
                                    into_scratch=out not in self.graph.values)
         self._add_kernel(step, info, st.ConvFn)
 
@@ -501,7 +510,8 @@ class _Builder:
         info.source = KernelSource(lambda: render_pool(name, wl, src, dst, v, tname),
                                    "pool", name, wl, src, dst, v, tname)
         step = st.ActivationKernel(name, x, name, None, src.channels, images,
-                                   dst.channels * dst.height * dst.width * images, into_scratch=True)
+                                   dst.channels * dst.height * dst.width * images * COPY_FLOPS,
+                                   into_scratch=True)
         self._add_kernel(step, info, st.ConvFn)
 
     def concat(self, node: Node, layouts: dict[str, Layout]) -> None:

@@ -474,3 +474,18 @@ def test_a_conv_writes_over_a_residual_it_reads_in_passes_but_not_over_its_input
     program = cm.lowered()
     step = next(s for s in program.steps if getattr(s, "residual", None))
     assert program.slot_of[step.output] != program.slot_of[step.residual]
+
+
+def test_large_copies_split_across_threads():
+    """A strided conv's packed input copy counts each element as COPY_FLOPS when deciding a
+    split: a 32 x 40 x 40 pack (51 k elements) is worth two threads, as its conv is."""
+    from sparsejit.runtime.steps import NATIVE_MIN_PARALLEL_FLOPS, useful_threads
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 32, 40, 40)).astype(np.float32)
+    model = node_model("Conv", {"x": x}, {"w": _sparse(rng, (32, 32, 3, 3), 0.3)},
+                       strides=[2, 2], pads=[1, 1, 1, 1])
+    cm = compiled_and_checked(model, {"x": x}, threads=2)
+    steps = {s.layer: s for s in cm.lowered().steps}
+    pack = next(s for name, s in steps.items() if name.endswith((":pack", ":planes")))
+    assert pack.flops >= 32 * 40 * 40 * 16
+    assert useful_threads(2, pack.flops, pack.units, NATIVE_MIN_PARALLEL_FLOPS) == 2
