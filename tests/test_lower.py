@@ -54,7 +54,9 @@ def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
     """A residual block on a small map (a strided conv into it, 3x3 and 1x1 convs, a strided
     1x1 shortcut added to the 1x1's output, a global pool after): every tensor of the map gets
     the same padded rows, so the stride-1 convs, the 1x1 merged with the subsampled shortcut
-    (graph/merge.py) and the strided conv run as flat runs."""
+    (graph/merge.py) and the strided conv run as flat runs; rows share their side padding
+    (a row's right pad is the next row's left: `shared_side_pads`), one float longer than the
+    map."""
     from sparsejit import targets
     size = _flat_map_size(targets.host_target().vector_width)
     rng = np.random.default_rng(batch)
@@ -76,9 +78,9 @@ def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
     model = make_model(nodes, {"x": x}, ["y", "dr"], consts)
     cm = compiled_and_checked(model, {"x": x})
     flat = {i.name: i.spec.workload.flat_stride for i in cm.lowered().layers if i.spec is not None}
-    assert flat["conv3x3"] == flat["conv1x1+shortcut"] == size + 2, flat
+    assert flat["conv3x3"] == flat["conv1x1+shortcut"] == size + 1, flat
     # strided: a flat run too, over its input's phase planes, rows as far apart as the map's
-    assert flat["down"] == size + 2 and "down:planes" in kinds(cm), flat
+    assert flat["down"] == size + 1 and "down:planes" in kinds(cm), flat
     # no pool reads the map: each channel's interior starts on a vector, channels whole vectors
     # apart (rows added above and below), so the 1x1 conv's flat run loads aligned vectors
     v = targets.host_target().vector_width
@@ -86,7 +88,26 @@ def test_small_maps_share_a_layout_and_their_convs_run_flat(batch):
     merged = specs["conv1x1+shortcut"]
     for layout in (merged.in_layout, merged.out_layout, specs["conv3x3"].in_layout):
         assert layout.interior_origin % v == 0 and layout.channel_stride % v == 0, layout
-        assert layout.row_stride == size + 2
+        assert layout.row_stride == size + 1 and layout.pad_left == 0 and layout.pad_top >= 2
+
+
+def test_shared_side_pads():
+    from sparsejit.lower import aligned_planes, shared_side_pads
+    # 3x3 convs' pads: rows of w + 1, a row more above for the first row's left neighbours
+    assert shared_side_pads((1, 1, 1, 1)) == (2, 0, 1, 1)
+    assert shared_side_pads((2, 2, 2, 2)) == (3, 0, 2, 2)
+    assert shared_side_pads((0, 0, 0, 0)) == (0, 0, 0, 0)
+    # 7 x 7 on 16 lanes: rows of 8, interior at 2 * 8 = 16, 10 rows = 80 floats per channel
+    assert aligned_planes(7, 7, shared_side_pads((1, 1, 1, 1)), 16) == (2, 0, 1, 1)
+    # a conv reads such rows from the previous row's last float, which needs a row above
+    from sparsejit.kernels.direct_conv import ConvWorkload, origin
+    from sparsejit.kernels.layout import Layout
+    wl = ConvWorkload(1, 7, 7, 1, (3, 3), pads=(1, 1, 1, 1))
+    assert origin(wl, Layout.padded(1, 7, 7, (2, 0, 1, 1))) == 8 - 1
+    with pytest.raises(AssertionError):
+        origin(wl, Layout.padded(1, 7, 7, (1, 0, 1, 1)))
+    with pytest.raises(AssertionError):  # no right padding to stand in for the left
+        origin(wl, Layout.padded(1, 7, 7, (2, 0, 1, 0)))
 
 
 def test_aligned_planes_add_rows_only():
@@ -489,3 +510,26 @@ def test_large_copies_split_across_threads():
     pack = next(s for name, s in steps.items() if name.endswith((":pack", ":planes")))
     assert pack.flops >= 32 * 40 * 40 * 16
     assert useful_threads(2, pack.flops, pack.units, NATIVE_MIN_PARALLEL_FLOPS) == 2
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rows_sharing_side_pads_serve_wider_and_dilated_kernels(batch):
+    """A small map that a 5x5 conv and a dilated 3x3 conv read (pads 2): rows two floats longer
+    than the map, each row's left taps reading the previous row's right padding, against
+    onnxruntime."""
+    from sparsejit import targets
+    size = _flat_map_size(targets.host_target().vector_width)
+    rng = np.random.default_rng(11 + batch)
+    x = rng.standard_normal((batch, 6, size, size)).astype(np.float32)
+    consts = {"w0": _sparse(rng, (8, 6, 3, 3)), "w1": _sparse(rng, (8, 8, 5, 5)),
+              "w2": _sparse(rng, (8, 8, 3, 3)), "w3": _sparse(rng, (5, 8, 1, 1))}
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], name="c0", pads=[1, 1, 1, 1]),
+             oh.make_node("Conv", ["a", "w1"], ["b"], name="c5x5", pads=[2, 2, 2, 2]),
+             oh.make_node("Conv", ["b", "w2"], ["c"], name="dil", pads=[2, 2, 2, 2],
+                          dilations=[2, 2]),
+             oh.make_node("Add", ["c", "a"], ["d"], name="add"),
+             oh.make_node("Conv", ["d", "w3"], ["y"], name="c1x1")]
+    cm = compiled_and_checked(make_model(nodes, {"x": x}, ["y"], consts), {"x": x})
+    specs = {i.name: i.spec for i in cm.lowered().layers if i.spec is not None}
+    lay = specs["c5x5"].in_layout
+    assert lay.pad_left == 0 and lay.row_stride == size + 2, lay

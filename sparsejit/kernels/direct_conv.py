@@ -370,7 +370,11 @@ def flat_pays(flat: ConvWorkload, vector_width: int) -> bool:
 def origin(workload: ConvWorkload, layout: Layout) -> int:
     """Offset of the conv's padded (0, 0) in a layout whose pads may exceed the conv's."""
     top, left = workload.pads[0], workload.pads[1]
-    assert layout.pad_top >= top and layout.pad_left >= left, (layout, workload)
+    # left padding of its own, or (rows sharing their side padding) the previous row's right
+    # padding, with a row above the first (lower.shared_side_pads)
+    shared = (layout.pad_top > top and layout.pads[3] >= left - layout.pad_left
+              and layout.phases == 1 and layout.shifts == 1)
+    assert layout.pad_top >= top and (layout.pad_left >= left or shared), (layout, workload)
     if layout.phases > 1 or layout.shifts > 1:
         assert (layout.pad_top, layout.pad_left) == (top, left), "packed input must be exact"
         return 0
