@@ -440,31 +440,44 @@ def _framed_tile(workload: ConvWorkload, weight_density: float, budget: int,
 # channels) 0.94-0.96x with 32.
 PASS_MIN_ENTRIES_FRAMED = 24
 FRAMED_PASSES_TILE_SLACK = 1.20
+# ... and at least this many FMAs per block per pass (entries x accumulators), for what each
+# block's pass costs besides (its segment bounds, bias, loop setup): a tile of few accumulators
+# needs longer passes. ResNet-50 layer4.0.conv2 over its phase planes (a 2x2 conv over 2048
+# plane channels, 8 x 8, one 4-vector tile): 128-channel passes (29 entries, 115 FMAs) 0.491 ms,
+# 256 (230 FMAs, 75 KB slices) 0.432, 1.14x; layer4.1.conv2 (7 x 7 in rows of 8, 4 vectors)
+# already passes 64 channels (58 entries, 230 FMAs): 32 0.85x, 128 0.88x.
+PASS_MIN_FRAMED_FMAS = 192
 
 
 def _fewer_framed_passes(workload: ConvWorkload, weight_density: float, plan: DirectConvPlan,
                          budget: int, v: int) -> tuple[tuple[int, int], int] | None:
     """(tile, channels per pass) for a framed plan whose passes carry fewer than
-    PASS_MIN_ENTRIES_FRAMED entries per output channel, or None when it has enough (or no
-    tile of the rows' width gives it more within the slice budget)."""
+    PASS_MIN_ENTRIES_FRAMED entries per output channel (a tile of the rows' width whose slices
+    stay within the budget, else none) or fewer than PASS_MIN_FRAMED_FMAS FMAs per block; None
+    when it has enough."""
     cg = workload.in_channels // workload.group
     taps = workload.kernel[0] * workload.kernel[1]
-    if (not plan.channel_chunk or plan.loop_order != "tile_block"
-            or weight_density * plan.channel_chunk * taps >= PASS_MIN_ENTRIES_FRAMED):
+    if not plan.channel_chunk or plan.loop_order != "tile_block":
         return None
-    chunk = plan.channel_chunk
-    while weight_density * chunk * taps < PASS_MIN_ENTRIES_FRAMED and chunk < cg:
+
+    def entries(channels: int) -> float:
+        return weight_density * channels * taps
+
+    tile, chunk = (plan.rows_per_tile, plan.vectors_per_row), plan.channel_chunk
+    if entries(chunk) < PASS_MIN_ENTRIES_FRAMED:
+        while entries(chunk) < PASS_MIN_ENTRIES_FRAMED and chunk < cg:
+            chunk *= 2
+        vectors = -(-workload.tile_width // v)
+        tiles = _near_best_tiles(workload.tile_rows, vectors, budget, FRAMED_PASSES_TILE_SLACK)
+        tile = next(((rb, cb) for rb, cb in tiles if cb == plan.vectors_per_row
+                     and chunk * 4 * tile_input_floats(workload, rb, cb, v) <= PASS_SLICE_BYTES_TAPS),
+                    None)
+        if chunk >= cg or tile is None:
+            return None
+    while entries(chunk) * tile[0] * tile[1] < PASS_MIN_FRAMED_FMAS and 2 * chunk < cg:
         chunk *= 2
-    if chunk >= cg:
-        return None
-    vectors = -(-workload.tile_width // v)
-    tiles = _near_best_tiles(workload.tile_rows, vectors, budget, FRAMED_PASSES_TILE_SLACK)
-    for rb, cb in tiles:
-        if cb != plan.vectors_per_row:
-            continue
-        if chunk * 4 * tile_input_floats(workload, rb, cb, v) <= PASS_SLICE_BYTES_TAPS:
-            return (rb, cb), chunk
-    return None
+    unchanged = tile == (plan.rows_per_tile, plan.vectors_per_row) and chunk == plan.channel_chunk
+    return None if unchanged else (tile, chunk)
 
 
 # Shifted sums are taken where their frames align at least this share of a kernel's loads

@@ -302,6 +302,25 @@ def test_framed_passes_carry_enough_entries():
     assert plan.loop_order == "tile_chunk_block" and plan.channel_chunk == 16
 
 
+def test_framed_passes_of_small_tiles_carry_enough_fmas():
+    """A flat 7 x 7-output strided conv over its phase planes (a 2x2 conv over 4 x 512 plane
+    channels, one tile of 4 vectors): 128-channel passes carry 29 entries but only 115 FMAs per
+    block, so they take 256 channels; a 7 x 7 3x3 conv passing 64 channels (58 entries, 230
+    FMAs) keeps them."""
+    host = targets.get("avx512")
+    planes = ConvWorkload(2048, 8, 8, 512, (2, 2), flat_stride=8)
+    w = _weight(planes, 0.056, seed=3)
+    plan = select.choose_conv(planes, w, host, in_layout=Layout(2048, 8, 8))
+    assert plan.shifted_sums and plan.channel_chunk == 256, plan
+    assert 0.056 * 256 * 4 * 4 >= select.PASS_MIN_FRAMED_FMAS > 0.056 * 128 * 4 * 4
+    unframed = select.choose_conv(planes, w, host)
+    assert not unframed.shifted_sums and unframed.channel_chunk == 128
+    rows8 = ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1), flat_stride=8)
+    plan = select.choose_conv(rows8, _weight(rows8, 0.1), host,
+                              in_layout=Layout.padded(512, 7, 7, (2, 0, 1, 1)))
+    assert plan.shifted_sums and plan.channel_chunk == 64, plan
+
+
 def test_dense_layers_visit_every_channel_block_per_tile():
     """A dense layer's tile input stays in L1 while every block of channels reads it (tiles
     outside blocks), in one pass too (CaffeNet conv1 over its phase planes); an image's first
