@@ -223,6 +223,14 @@ def test_pointwise_one_vector_columns_tile_in_at_most_8_rows():
     assert select.choose_conv(three, _weight(three, 0.1), tgt).rows_per_tile == 14
 
 
+def _given_the_producer(wl: ConvWorkload, density: float = 0.1):
+    """(weight, the producer's layout: padded rows rounded to 16 lanes, the AVX-512 plan chosen
+    given that layout)."""
+    w = _weight(wl, density)
+    produced = Layout.padded(wl.in_channels, wl.height, wl.width, wl.pads, align=16)
+    return w, produced, select.choose_conv(wl, w, targets.get("avx512"), in_layout=produced)
+
+
 def test_sparse_table_plans_sum_in_shifted_frames_given_the_producers_layout():
     """choose_conv takes shifted sums for a sparse table plan whose tiles hold the rows and the
     frame (ResNet-50's 14 x 14 3x3 conv: 14 x 1 tiles, 14 + 2 lanes of 16), strided ones on
@@ -230,9 +238,7 @@ def test_sparse_table_plans_sum_in_shifted_frames_given_the_producers_layout():
     where the user's tile leaves no room, and never against the user's explicit word."""
     host = targets.get("avx512")
     wl = ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1))
-    w = _weight(wl, 0.1)
-    produced = Layout.padded(256, 14, 14, (1, 1, 1, 1), align=16)
-    plan = select.choose_conv(wl, w, host, in_layout=produced)
+    w, produced, plan = _given_the_producer(wl)
     assert plan.shifted_sums and (plan.rows_per_tile, plan.vectors_per_row) == (14, 1)
     assert not select.choose_conv(wl, w, host).shifted_sums
     assert not select.choose_conv(wl, np.ones_like(w), host, in_layout=produced).shifted_sums
@@ -286,9 +292,7 @@ def test_framed_passes_carry_enough_entries():
     1-row tiles) or with the user's chunk, it keeps its passes."""
     host = targets.get("avx512")
     wl = ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1))
-    w = _weight(wl, 0.1)
-    produced = Layout.padded(64, 56, 56, (1, 1, 1, 1), align=16)
-    plan = select.choose_conv(wl, w, host, in_layout=produced)
+    w, produced, plan = _given_the_producer(wl)
     assert plan.shifted_sums and (plan.rows_per_tile, plan.vectors_per_row) == (2, 4)
     assert plan.channel_chunk == 32 and plan.loop_order == "tile_block"
     assert 0.1 * 32 * 9 >= select.PASS_MIN_ENTRIES_FRAMED > 0.1 * 16 * 9
