@@ -192,8 +192,8 @@ class ActivationKernel(Step):
     images: int  # the input's dim 0
     flops: int = MIN_PARALLEL_FLOPS * 8  # nonzero flops of one call: decides whether to split
     residual: str | None = None  # a fused Add's other operand, added in the epilogue
-    # the kernel reads each residual element just before writing the same output element, in
-    # one pass (no partial sums stored first): the output may take the residual's buffer
+    # the kernel reads each residual element before it first writes the same output element
+    # (a table plan's passes start from it): the output may take the residual's buffer
     residual_in_place: bool = False
     address: int = 0  # of fn
     into_scratch: bool = False  # output is a private scratch buffer (a strided conv's packed input)
