@@ -53,16 +53,27 @@ SETTLE_S = 0.05  # pause before a peer's round of calls
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int = 30,
-                        rounds: int = 5) -> dict[str, float]:
+                        rounds: int = 5, per_call: bool = False) -> dict[str, float]:
     """Median seconds per call of each function, timed in `rounds` alternating rounds (A's
     calls, then B's, ..., again): the VM's speed drifts by up to ~30 % over minutes, which
     separately timed medians turn into a wrong ratio; interleaved, both see the same drift.
-    Each round starts after a pause and an untimed call."""
+    Each round starts after a pause and an untimed call. With `per_call` the functions
+    alternate call by call instead (A, B, A, B, ...), which follows drifts of seconds too: for
+    single-threaded peers, which leave no worker threads spinning into the next one's call."""
     import numpy as np
 
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
+    if per_call:
+        for i in range(repeats):
+            # each peer goes first every other time: neither always follows the same one
+            order = list(fns.items()) if i % 2 else list(fns.items())[::-1]
+            for name, fn in order:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        return {name: float(np.median(t)) for name, t in times.items()}
     per_round = max(1, -(-repeats // rounds))
     for _ in range(rounds):
         for name, fn in fns.items():

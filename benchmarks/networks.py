@@ -70,7 +70,8 @@ def run(args) -> None:
         peers = {"sparsejit": lambda: cm(x)}
         if sess is not None:
             peers["ort"] = lambda: sess.run(None, {"data": x})
-        medians = interleaved_medians(peers, args.repeats)
+        # one thread: alternate call by call (no peer leaves worker threads spinning)
+        medians = interleaved_medians(peers, args.repeats, per_call=args.threads == 1)
         t_sj = medians["sparsejit"]
         overhead = framework_overhead(cm, x, args.repeats)
         entry = {
@@ -113,8 +114,9 @@ def run(args) -> None:
         )
         results.append(entry)
         cm.close()
+    how = "call by call" if args.threads == 1 else "in 5 rounds"
     print(f"batch {args.batch}, {args.threads} thread(s); medians of {args.repeats} runs, sparsejit and "
-          "onnxruntime interleaved in 5 rounds")
+          f"onnxruntime interleaved {how}")
     print(table(rows))
     # a run of some models only does not overwrite the table of all four
     subset = "" if args.models == DEFAULT_MODELS else args.models.replace(",", "-") + "-"
