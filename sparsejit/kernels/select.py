@@ -350,22 +350,25 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     override = override or {}
     if dense or in_layout is None or "shifted_sums" in override:
         return plan
+
+    def reframed(tile: tuple[int, int], chunk: int | None = None) -> DirectConvPlan:
+        """The sparse plan of `tile` (passes of `chunk` channels), in frames where it can be."""
+        other = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *tile, v)
+        if chunk is not None:
+            other = replace(other, channel_chunk=chunk)
+        return with_shifted_sums(workload, apply_override(other, override, layer), in_layout)
+
     framed = with_shifted_sums(workload, plan, in_layout)
-    if framed.shifted_sums and not override.keys() & (TILE_FIELDS | {"channel_chunk"}):
+    if framed.shifted_sums:
+        if override.keys() & (TILE_FIELDS | {"channel_chunk"}):
+            return framed
         fewer = _fewer_framed_passes(workload, weight_density, framed, budget, v)
-        if fewer is not None:
-            wider = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *fewer[0], v)
-            wider = replace(wider, channel_chunk=fewer[1])
-            wider = with_shifted_sums(workload, apply_override(wider, override, layer), in_layout)
-            if wider.shifted_sums:
-                return wider
-    if framed.shifted_sums or override.keys() & TILE_FIELDS:
+        longer = reframed(*fewer) if fewer is not None else framed
+        return longer if longer.shifted_sums else framed
+    if override.keys() & TILE_FIELDS:
         return framed
     wide = _framed_tile(workload, weight_density, budget, v)  # rows whole, lanes to spare
-    if wide is None:
-        return framed
-    wider = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *wide, v)
-    wider = with_shifted_sums(workload, apply_override(wider, override, layer), in_layout)
+    wider = reframed(wide) if wide is not None else framed
     return wider if wider.shifted_sums else framed
 
 
