@@ -430,6 +430,38 @@ def test_one_tile_kernels_with_large_tables_prefetch_them():
         run_case(case, target, seed=7)
 
 
+def test_blocks_inside_tiles_prefetch_the_next_blocks_cells():
+    """Where a tile's channel blocks are the inner loop, each block fetches the next block's
+    output cells for writing (one channel stride times MB on); not where blocks are outside the
+    tiles or where a fused residual is read first. The last block's prefetches point past the
+    output: the harness checks the answer against guard pages around every buffer."""
+    from sparsejit.codegen import direct_conv as codegen
+    from sparsejit.kernels.direct_conv import Epilogue, build_pattern
+
+    wl = ConvWorkload(8, 5, 20, 6, (3, 3), pads=(1, 1, 1, 1))
+    w = np.random.default_rng(3).standard_normal((6, 8, 3, 3)).astype(np.float32)
+    layout = Layout.padded(8, 5, 20, (1, 1, 1, 1), align=16)
+    out = Layout.padded(6, 5, 20, (1, 1, 1, 1), align=16)
+
+    def ir(order, residual=None, mb=2):
+        plan = DirectConvPlan(form="table", vector_width=16, rows_per_tile=2, vectors_per_row=2,
+                              channels_per_block=mb, loop_order=order)
+        pattern = build_pattern(w, wl, layout, plan)
+        return codegen.render_direct_conv("n", wl, plan, pattern, np.zeros(6, np.float32),
+                                          Epilogue(), layout, out, "avx512", residual)
+
+    prefetch = f"ptr %op0.1.1, i64 {2 * out.channel_stride}\n  call void @llvm.prefetch.p0(ptr %pfo1.1, i32 1"
+    assert prefetch in ir("tile_block")
+    assert prefetch in ir("tile_chunk_block")
+    assert "%pfo" not in ir("block_tile")
+    assert "%pfo" not in ir("tile_block", residual=out)
+    for target in TARGETS:
+        for order in ("tile_block", "tile_chunk_block"):
+            run_case(ConvCase(8, 5, 20, 6, (3, 3), pads=(1, 1, 1, 1), density=0.3, batch=2,
+                              plan=dict(form="table", loop_order=order, channels_per_block=2)),
+                     target, seed=5)
+
+
 def _framed(case: ConvCase, target: str, rows: int = 2, **plan) -> ConvCase:
     """`case` with shifted sums and tiles holding its rows whole, with lanes to spare for the
     frames of its column shifts and of the lead of an input whose pads exceed the conv's."""
