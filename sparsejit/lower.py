@@ -32,7 +32,7 @@ from .codegen.gemm import render_gemm
 from .codegen.lrn import kernel_symbol as lrn_symbol
 from .codegen.lrn import render_lrn
 from .codegen.pool import kernel_symbol as pool_symbol
-from .codegen.pool import render_pool
+from .codegen.pool import pool_variant, render_pool
 from .codegen.render import KernelSource
 from .codegen.repack import kernel_symbol as repack_symbol
 from .codegen.repack import render_plane_repack, render_repack
@@ -571,7 +571,7 @@ class _Builder:
         wl = pool_workload(node, c, h, w)
         in_layout, out_layout, v, tname = layouts[x], layouts[y], self.target.vector_width, self.target.name
         images = self.images(x)
-        info = LayerInfo(node.name, node.op, f"pool {wl.kind}_v{v}", self.shape(x), self.shape(y),
+        info = LayerInfo(node.name, node.op, f"pool {pool_variant(wl, v)}", self.shape(x), self.shape(y),
                          symbol=pool_symbol(node.name, wl, v),
                          dense_flops=c * wl.out_height * wl.out_width * wl.kernel[0] * wl.kernel[1] * images)
         info.source = KernelSource(lambda: render_pool(node.name, wl, in_layout, out_layout, v, tname),

@@ -8,12 +8,18 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..kernels.layout import Layout
-from ..kernels.pool import PoolWorkload
-from .render import float_list, render, splat, symbol
+from ..kernels.pool import PoolWorkload, covers_whole_plane
+from .render import float_list, float_literal, render, splat, symbol
+
+
+def pool_variant(workload: PoolWorkload, vector_width: int) -> str:
+    """What the kernel is: a window pool or a reduction of each whole plane (`render_plane_pool`)."""
+    plane = "plane_" if covers_whole_plane(workload) else ""
+    return f"{plane}{workload.kind}_v{vector_width}"
 
 
 def kernel_symbol(layer: str, workload: PoolWorkload, vector_width: int) -> str:
-    return symbol("sj_pool", layer, f"{workload.kind}_v{vector_width}")
+    return symbol("sj_pool", layer, pool_variant(workload, vector_width))
 
 
 def unmasked_blocks(wl: PoolWorkload, vector_width: int) -> tuple[int, int]:
@@ -73,6 +79,8 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
     [n0, n1), channels [c0, c1) of the pool, input and output in their (phases 1) layouts."""
     assert in_layout.phases == 1 and out_layout.phases == 1
     assert in_layout.shifts == 1 and out_layout.shifts == 1
+    if covers_whole_plane(wl):
+        return render_plane_pool(layer, wl, in_layout, out_layout, vector_width, target_name)
     v, sx = vector_width, wl.strides[1]
     blocks = -(-wl.out_width // v)
     lo, hi = unmasked_blocks(wl, v)
@@ -102,3 +110,27 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
         rows=float_list(wl.window_counts(0)), cols=float_list(cols),
     )
     return render("pool.ll.j2", k=k)
+
+
+def render_plane_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Layout,
+                      vector_width: int, target_name: str) -> str:
+    """A pool whose one window is the whole plane, with `render_pool`'s signature: each
+    channel's interior rows summed or maxed lane-wise, then reduced across the lanes."""
+    assert covers_whole_plane(wl)
+    v = vector_width
+    full, tail = divmod(wl.width, v)
+    init = "float 0xFFF0000000000000" if wl.kind == "max" else "float 0.0"
+    k = SimpleNamespace(
+        name=kernel_symbol(layer, wl, v), target=target_name,
+        workload=", ".join(f"{a}={b}" for a, b in asdict(wl).items()),
+        kind=wl.kind, V=v, H=wl.height, W=wl.width, full=full, tail=tail,
+        vectors=full + (1 if tail else 0),
+        tail_mask=", ".join(f"i1 {int(i < tail)}" for i in range(v)),
+        count=float_literal(float(wl.height * wl.width)),
+        in_img=in_layout.image_stride, in_ch=in_layout.channel_stride, in_row=in_layout.row_stride,
+        in_origin=in_layout.interior_origin,
+        out_img=out_layout.image_stride, out_ch=out_layout.channel_stride,
+        out_origin=out_layout.interior_origin,
+        init_vec=splat(v, init),
+    )
+    return render("pool_plane.ll.j2", k=k)

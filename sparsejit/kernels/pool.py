@@ -64,6 +64,14 @@ class PoolWorkload:
         return ((start >= lo) & (start < hi)).sum(axis=1).astype(np.float32)
 
 
+def covers_whole_plane(wl: PoolWorkload) -> bool:
+    """One window over the whole input (a global pool, or GoogLeNet's 7 x 7 AveragePool over a
+    7 x 7 map): a reduction of each channel's plane, which a kernel vectorises along the plane's
+    rows rather than along output columns, of which there is one."""
+    return (wl.kernel == (wl.height, wl.width) and wl.pads == (0, 0, 0, 0)
+            and wl.out_height == 1 and wl.out_width == 1)
+
+
 def pool_workload(node: Node, channels: int, height: int, width: int) -> PoolWorkload:
     """The workload of a pool node over a (C, H, W) input."""
     kind = POOL_OPS[node.op]

@@ -88,6 +88,13 @@ CASES = [
     ("GlobalAveragePool", {}, (2, 5, 7, 7)),
     ("GlobalAveragePool", {}, (1, 3, 1, 1)),
     ("GlobalMaxPool", {}, (1, 4, 13, 19)),
+    # one window over the whole plane (pool_plane.ll.j2): rows of whole vectors, of a masked
+    # tail, of both; a window pool as large as its input
+    ("GlobalAveragePool", {}, (2, 3, 5, 40)),
+    ("GlobalMaxPool", {}, (1, 3, 9, 32)),
+    ("GlobalAveragePool", {}, (1, 2, 3, 3)),
+    ("AveragePool", dict(kernel=(5, 37), strides=(1, 1)), (1, 2, 5, 37)),
+    ("MaxPool", dict(kernel=(3, 3), strides=(2, 2), ceil_mode=1), (2, 3, 3, 3)),
 ]
 
 
@@ -129,6 +136,34 @@ def test_max_pool_windows_with_a_nan_anywhere_are_nan(target_name, kernel, strid
     flat[picks[len(picks) // 2:]] = rng.choice([np.inf, -np.inf, 50.0], size=len(picks) - len(picks) // 2)
     run_pool(pool_node("MaxPool", kernel=kernel, strides=strides, pads=pads), x.shape,
              target_name, x=x)
+
+
+@pytest.mark.parametrize("target_name", TARGETS)
+@pytest.mark.parametrize("op", ["GlobalMaxPool", "GlobalAveragePool"])
+def test_whole_plane_pools_keep_nan_and_infinities(target_name, op):
+    """A NaN anywhere in a channel (a whole vector, the masked tail, the last row) makes its max
+    and mean NaN; infinities survive a max and make a mean infinite; the tail's masked lanes
+    are never taken for data (every input pad holds NaN)."""
+    x = np.random.default_rng(5).standard_normal((2, 6, 4, 21)).astype(np.float32)
+    x[0, 0, 1, 3] = x[0, 1, 3, 20] = x[1, 2, 0, 17] = np.nan
+    x[0, 3, 2, 5] = np.inf
+    x[1, 4, 3, 20] = -np.inf
+    x[1, 5] = -3.0  # all negative: a max that let a zero in would show
+    run_pool(pool_node(op), x.shape, target_name, x=x)
+    run_pool(pool_node(op), x.shape, target_name, x=x, channels=(1, 4), in_pads=(0, 0, 0, 0))
+
+
+def test_windows_over_the_whole_plane_reduce_the_plane():
+    from sparsejit.codegen.pool import pool_variant
+    from sparsejit.kernels.pool import covers_whole_plane
+
+    assert covers_whole_plane(pool_workload(pool_node("GlobalAveragePool"), 8, 7, 7))
+    assert covers_whole_plane(pool_workload(pool_node("AveragePool", kernel=(7, 7), strides=(1, 1)), 8, 7, 7))
+    assert not covers_whole_plane(pool_workload(pool_node("AveragePool", kernel=(7, 7), strides=(1, 1),
+                                                          pads=(1, 1, 1, 1)), 8, 7, 7))
+    assert not covers_whole_plane(pool_workload(pool_node("MaxPool", kernel=(2, 2)), 8, 4, 4))
+    assert pool_variant(pool_workload(pool_node("GlobalMaxPool"), 8, 7, 7), 16) == "plane_max_v16"
+    assert pool_variant(pool_workload(pool_node("MaxPool", kernel=(2, 2)), 8, 4, 4), 16) == "max_v16"
 
 
 def test_window_counts_follow_count_include_pad():
