@@ -518,7 +518,7 @@ class _Builder:
         wl = PoolWorkload("max", src.channels, src.height, src.width, (1, 1), strides)
         v, tname, images = self.target.vector_width, self.target.name, self.images(x)
         info = LayerInfo(name, "Subsample", f"pool subsample_v{v}", self.shape(x),
-                         (images, dst.channels, dst.height, dst.width), symbol=pool_symbol(name, wl, v))
+                         (images, dst.channels, dst.height, dst.width), symbol=pool_symbol(name, wl, v, src))
         info.source = KernelSource(lambda: render_pool(name, wl, src, dst, v, tname),
                                    "pool", name, wl, src, dst, v, tname)
         step = st.ActivationKernel(name, x, name, None, src.channels, images,
@@ -571,8 +571,8 @@ class _Builder:
         wl = pool_workload(node, c, h, w)
         in_layout, out_layout, v, tname = layouts[x], layouts[y], self.target.vector_width, self.target.name
         images = self.images(x)
-        info = LayerInfo(node.name, node.op, f"pool {pool_variant(wl, v)}", self.shape(x), self.shape(y),
-                         symbol=pool_symbol(node.name, wl, v),
+        info = LayerInfo(node.name, node.op, f"pool {pool_variant(wl, v, in_layout)}", self.shape(x),
+                         self.shape(y), symbol=pool_symbol(node.name, wl, v, in_layout),
                          dense_flops=c * wl.out_height * wl.out_width * wl.kernel[0] * wl.kernel[1] * images)
         info.source = KernelSource(lambda: render_pool(node.name, wl, in_layout, out_layout, v, tname),
                                    "pool", node.name, wl, in_layout, out_layout, v, tname)

@@ -12,14 +12,39 @@ from ..kernels.pool import PoolWorkload, covers_whole_plane
 from .render import float_list, float_literal, render, splat, symbol
 
 
-def pool_variant(workload: PoolWorkload, vector_width: int) -> str:
-    """What the kernel is: a window pool or a reduction of each whole plane (`render_plane_pool`)."""
-    plane = "plane_" if covers_whole_plane(workload) else ""
-    return f"{plane}{workload.kind}_v{vector_width}"
+# The separable kernel walks down a column of output blocks, which streams a large plane
+# badly: AMD Zen 4, in the network, GoogLeNet (3x3 pools over 14 KB planes and smaller, 1.6-2.2x
+# alone) 1.025x, CaffeNet 1.036x; but ResNet-50's 3x3 stride-2 max pool over 112 x 112 (58 KB
+# planes) 0.155 -> 0.191 ms. Planes up to L1's size take it.
+SEPARABLE_MAX_PLANE_BYTES = 32 * 1024
 
 
-def kernel_symbol(layer: str, workload: PoolWorkload, vector_width: int) -> str:
-    return symbol("sj_pool", layer, pool_variant(workload, vector_width))
+def pool_form(workload: PoolWorkload, in_layout: Layout) -> str:
+    """Which kernel computes the pool: "plane" (one window over each whole plane,
+    `render_plane_pool`), "separable" (windows overlapping along rows, over a small plane:
+    pool_separable.ll.j2) or "window" (pool.ll.j2: any pool)."""
+    if covers_whole_plane(workload):
+        return "plane"
+    if carried_rows(workload) and in_layout.channel_stride * 4 <= SEPARABLE_MAX_PLANE_BYTES:
+        return "separable"
+    return "window"
+
+
+def pool_variant(workload: PoolWorkload, vector_width: int, in_layout: Layout) -> str:
+    """Names the kernel: its form (unless a window pool), kind and vector width."""
+    form = pool_form(workload, in_layout)
+    return f"{'' if form == 'window' else form + '_'}{workload.kind}_v{vector_width}"
+
+
+def kernel_symbol(layer: str, workload: PoolWorkload, vector_width: int, in_layout: Layout) -> str:
+    return symbol("sj_pool", layer, pool_variant(workload, vector_width, in_layout))
+
+
+def carried_rows(wl: PoolWorkload) -> int:
+    """Window rows an output row shares with the next one's (whose row values the separable
+    kernel carries over): KH - SY when windows overlap and rows are not dilated, else none."""
+    kh, sy = wl.kernel[0], wl.strides[0]
+    return kh - sy if wl.dilations[0] == 1 and sy < kh else 0
 
 
 def unmasked_blocks(wl: PoolWorkload, vector_width: int) -> tuple[int, int]:
@@ -79,7 +104,7 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
     [n0, n1), channels [c0, c1) of the pool, input and output in their (phases 1) layouts."""
     assert in_layout.phases == 1 and out_layout.phases == 1
     assert in_layout.shifts == 1 and out_layout.shifts == 1
-    if covers_whole_plane(wl):
+    if pool_form(wl, in_layout) == "plane":
         return render_plane_pool(layer, wl, in_layout, out_layout, vector_width, target_name)
     v, sx = vector_width, wl.strides[1]
     blocks = -(-wl.out_width // v)
@@ -90,7 +115,7 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
     cols[:wl.out_width] = wl.window_counts(1)
     cols[wl.out_width:] = 1.0  # lanes past the row end are never stored: keep them finite
     k = SimpleNamespace(
-        name=kernel_symbol(layer, wl, v), target=target_name,
+        name=kernel_symbol(layer, wl, v, in_layout), target=target_name,
         workload=", ".join(f"{a}={b}" for a, b in asdict(wl).items()),
         kind=wl.kind, V=v, SX=sx, SXV=sx * v, SY=wl.strides[0],
         KH=wl.kernel[0], KW=wl.kernel[1], DY=wl.dilations[0], DX=wl.dilations[1],
@@ -108,8 +133,10 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
         load_masks=", ".join(f"i{sx * v} {m}" for m in load_masks(wl, v)),
         store_masks=", ".join(f"i{v} {m}" for m in store_masks(wl, v)),
         rows=float_list(wl.window_counts(0)), cols=float_list(cols),
+        CARRY=carried_rows(wl),
     )
-    return render("pool.ll.j2", k=k)
+    separable = pool_form(wl, in_layout) == "separable"
+    return render("pool_separable.ll.j2" if separable else "pool.ll.j2", k=k)
 
 
 def render_plane_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Layout,
@@ -121,7 +148,7 @@ def render_plane_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layou
     full, tail = divmod(wl.width, v)
     init = "float 0xFFF0000000000000" if wl.kind == "max" else "float 0.0"
     k = SimpleNamespace(
-        name=kernel_symbol(layer, wl, v), target=target_name,
+        name=kernel_symbol(layer, wl, v, in_layout), target=target_name,
         workload=", ".join(f"{a}={b}" for a, b in asdict(wl).items()),
         kind=wl.kind, V=v, H=wl.height, W=wl.width, full=full, tail=tail,
         vectors=full + (1 if tail else 0),

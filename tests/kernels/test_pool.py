@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sparsejit import llvm, targets
+from sparsejit.codegen import pool as pool_codegen
 from sparsejit.codegen.pool import kernel_symbol, render_pool, unmasked_blocks
 from sparsejit.graph.ir import Node
 from sparsejit.kernels.layout import Layout
@@ -45,7 +46,7 @@ def run_pool(node: Node, shape, target_name: str, seed: int = 0, in_pads=(1, 2, 
     lib = llvm.CodeLibrary(tgt)
     lib.add_object(obj)
     lib.finalize()
-    fn = ConvFn(lib.address(kernel_symbol("case", wl, v)))
+    fn = ConvFn(lib.address(kernel_symbol("case", wl, v, in_layout)))
 
     if x is None:
         x = rng.standard_normal(shape).astype(np.float32)
@@ -59,7 +60,8 @@ def run_pool(node: Node, shape, target_name: str, seed: int = 0, in_pads=(1, 2, 
 
     expected = run_node(node, [x])[0][:, c0:c1]
     got = np.array(out_layout.read(dst.array, n))
-    what = f"{node.op} {wl} x{shape} on {target_name} unmasked blocks {unmasked_blocks(wl, v)}"
+    what = (f"{node.op} {wl} x{shape} on {target_name}, {pool_codegen.pool_form(wl, in_layout)} form, "
+            f"unmasked blocks {unmasked_blocks(wl, v)}")
     assert_close(got[:, c0:c1], expected, what=what)
     untouched = dst.array.copy()
     out_layout.interior(untouched, n)[:, c0:c1] = SENTINEL
@@ -98,10 +100,36 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["any", "window"])
+def form(request, monkeypatch):
+    """Each pool as codegen chooses it (small planes with overlapping windows: the separable
+    kernel), then with every such pool forced to the window kernel."""
+    if request.param == "window":
+        monkeypatch.setattr(pool_codegen, "SEPARABLE_MAX_PLANE_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("target_name", TARGETS)
 @pytest.mark.parametrize("op,kwargs,shape", CASES, ids=lambda c: str(c))
-def test_pool_matches_the_reference(op, kwargs, shape, target_name):
+def test_pool_matches_the_reference(op, kwargs, shape, target_name, form):
     run_pool(pool_node(op, **kwargs), shape, target_name)
+
+
+def test_forms_follow_windows_and_plane_sizes():
+    """Overlapping windows over a small plane: separable; over a plane past L1's size, or
+    windows that do not overlap: the window kernel; one window per plane: the plane kernel."""
+    three = pool_workload(pool_node("MaxPool", kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), 8, 28, 28)
+    small = Layout.padded(8, 28, 28, (1, 1, 1, 1), align=16)
+    large = Layout.padded(8, 112, 112, (1, 1, 1, 1), align=16)
+    assert pool_codegen.pool_form(three, small) == "separable"
+    assert pool_codegen.pool_form(three, large) == "window"
+    two = pool_workload(pool_node("MaxPool", kernel=(2, 2), strides=(2, 2)), 8, 28, 28)
+    assert pool_codegen.pool_form(two, small) == "window"
+    dilated = pool_workload(pool_node("MaxPool", kernel=(3, 3), strides=(1, 1), dilations=(2, 1)), 8, 28, 28)
+    assert pool_codegen.pool_form(dilated, small) == "window"
+    assert pool_codegen.pool_form(pool_workload(pool_node("GlobalMaxPool"), 8, 28, 28), large) == "plane"
+    assert pool_codegen.carried_rows(three) == 1
+    assert pool_codegen.carried_rows(pool_workload(pool_node("AveragePool", kernel=(5, 5), strides=(1, 1)), 8, 9, 9)) == 4
 
 
 @pytest.mark.parametrize("target_name", TARGETS)
@@ -112,7 +140,7 @@ def test_unpadded_layouts_and_a_channel_range(target_name):
 
 
 @pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
-def test_nan_and_inf_propagate_as_in_the_reference(op):
+def test_nan_and_inf_propagate_as_in_the_reference(op, form):
     x = np.random.default_rng(1).standard_normal((1, 2, 9, 20)).astype(np.float32)
     x[0, 0, 3, 4], x[0, 1, 0, 0], x[0, 1, 8, 19] = np.nan, np.inf, -np.inf
     run_pool(pool_node(op, kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)), x.shape,
@@ -124,7 +152,7 @@ def test_nan_and_inf_propagate_as_in_the_reference(op):
                                                    ((2, 2), (2, 2), (0, 0, 0, 0)),
                                                    ((1, 4), (1, 3), (0, 1, 0, 2)),
                                                    ((5, 5), (2, 2), (2, 2, 2, 2))])
-def test_max_pool_windows_with_a_nan_anywhere_are_nan(target_name, kernel, strides, pads):
+def test_max_pool_windows_with_a_nan_anywhere_are_nan(target_name, kernel, strides, pads, form):
     """A NaN in any position of a window (first, middle or last column, before or after the
     window's largest value) makes the window's max NaN; windows without one keep their max,
     whatever infinities they hold. (The max itself is x86's, which drops a NaN operand.)"""
@@ -162,8 +190,9 @@ def test_windows_over_the_whole_plane_reduce_the_plane():
     assert not covers_whole_plane(pool_workload(pool_node("AveragePool", kernel=(7, 7), strides=(1, 1),
                                                           pads=(1, 1, 1, 1)), 8, 7, 7))
     assert not covers_whole_plane(pool_workload(pool_node("MaxPool", kernel=(2, 2)), 8, 4, 4))
-    assert pool_variant(pool_workload(pool_node("GlobalMaxPool"), 8, 7, 7), 16) == "plane_max_v16"
-    assert pool_variant(pool_workload(pool_node("MaxPool", kernel=(2, 2)), 8, 4, 4), 16) == "max_v16"
+    small = Layout.padded(8, 7, 7, (1, 1, 1, 1), align=16)
+    assert pool_variant(pool_workload(pool_node("GlobalMaxPool"), 8, 7, 7), 16, small) == "plane_max_v16"
+    assert pool_variant(pool_workload(pool_node("MaxPool", kernel=(2, 2)), 8, 4, 4), 16, small) == "max_v16"
 
 
 def test_window_counts_follow_count_include_pad():
