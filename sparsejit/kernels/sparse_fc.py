@@ -80,15 +80,18 @@ def choose_plan(workload: SparseFcWorkload, target: Target, override: dict | Non
     Rapids core 16-lane gathers moved fewer lanes per second (fc6 at batch 1: 1.6 ms against
     1.15 ms). As many rows of X per pass as stay in L1 together; two accumulators per row only
     in blocks of 1 or 2 rows (4+ rows are 4+ independent FMA chains already, and 2 x 8 would
-    spill on AVX2's 16 registers). On AMD Zen cores V scalar loads beat a gather: Zen 4, batch
-    1, interleaved medians: 4096 x 1000 at 26 % 0.71 -> 0.44 ms, 4096 x 4096 at 16 % 1.48 ->
-    1.21 ms, 1024 x 1024 at 10 % 0.096 -> 0.076 ms; 9216 x 4096 (CaffeNet fc6, 22 MB of table
-    from DRAM) is memory bound either way (2.3-2.5 ms)."""
+    spill on AVX2's 16 registers). On AMD Zen cores V scalar loads beat a gather while the rows
+    of X a pass reads stay in L1: Zen 4, batch 1, interleaved medians: 4096 x 1000 at 26 % 0.71
+    -> 0.44 ms, 4096 x 4096 at 16 % 1.48 -> 1.21 ms, 1024 x 1024 at 10 % 0.096 -> 0.076 ms;
+    past L1 the gather's lanes wait on L2 together, the scalar loads one by one: 9216 x 4096
+    (CaffeNet fc6, its table prefetched into L2 since) 1.91-2.07 ms by scalar loads, 1.57-1.66
+    by gathers (the network 1.030x on one thread, 1.035x on two)."""
     c = workload.in_features
     block = next(b for b in (8, 4, 2, 1) if b == 1 or b * c * 4 <= X_BLOCK_BYTES)
+    x_in_l1 = block * c * 4 <= X_BLOCK_BYTES
     plan = SparseFcPlan(vector_width=min(8, target.vector_width), index_bits=index_bits_for(c),
                         batch_block=block, accumulators=2 if block <= 2 else 1,
-                        scalar_loads=target.cpu.startswith("znver"))
+                        scalar_loads=target.cpu.startswith("znver") and x_in_l1)
     return apply_override(plan, override, layer)
 
 

@@ -278,3 +278,15 @@ def test_plan_checks():
     assert build_tables(np.ones((1, 65536), np.float32), SparseFcPlan(index_bits=16)).chunks == 8192
     wide = choose_plan(SparseFcWorkload(70_000, 4), targets.get("avx2"))
     assert wide.index_bits == 32 and wide.batch_block == 1
+
+
+def test_zen_loads_x_by_scalars_only_while_x_stays_in_l1():
+    """On AMD Zen the default plan gathers x by scalar loads where the rows of X a pass reads
+    fit L1 (CaffeNet's fc7 and fc8), by hardware gathers past it (fc6's 9216 inputs)."""
+    from dataclasses import replace
+
+    zen = replace(targets.get("avx512"), cpu="znver4")
+    assert choose_plan(SparseFcWorkload(4096, 4096), zen).scalar_loads
+    assert choose_plan(SparseFcWorkload(1024, 1000), zen).scalar_loads
+    assert not choose_plan(SparseFcWorkload(9216, 4096), zen).scalar_loads
+    assert not choose_plan(SparseFcWorkload(4096, 4096), targets.get("avx512")).scalar_loads
