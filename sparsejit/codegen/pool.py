@@ -13,8 +13,8 @@ from .render import float_list, float_literal, render, splat, symbol
 
 
 # The separable kernel walks down a column of output blocks, which streams a large plane
-# badly: AMD Zen 4, in the network, GoogLeNet (3x3 pools over 14 KB planes and smaller, 1.6-2.2x
-# alone) 1.025x, CaffeNet 1.036x; but ResNet-50's 3x3 stride-2 max pool over 112 x 112 (58 KB
+# badly: AMD Zen 4, in the network, GoogLeNet (3x3 pools over 14 KB planes and smaller, 1.2-2.2x
+# alone) 1.024x, CaffeNet 1.032x; but ResNet-50's 3x3 stride-2 max pool over 112 x 112 (58 KB
 # planes) 0.155 -> 0.191 ms. Planes up to L1's size take it.
 SEPARABLE_MAX_PLANE_BYTES = 32 * 1024
 
