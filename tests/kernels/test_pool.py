@@ -97,6 +97,14 @@ CASES = [
     ("GlobalAveragePool", {}, (1, 2, 3, 3)),
     ("AveragePool", dict(kernel=(5, 37), strides=(1, 1)), (1, 2, 5, 37)),
     ("MaxPool", dict(kernel=(3, 3), strides=(2, 2), ceil_mode=1), (2, 3, 3, 3)),
+    # overlapping windows over maps shorter than the window (every window row clamped), tall
+    # and dilated-free windows with pads and ceil mode: the separable kernel's edges
+    ("MaxPool", dict(kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (1, 2, 1, 5)),
+    ("MaxPool", dict(kernel=(3, 3), strides=(1, 1), pads=(1, 1, 1, 1)), (2, 2, 2, 1)),
+    ("AveragePool", dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), count_include_pad=1),
+     (1, 3, 1, 3)),
+    ("AveragePool", dict(kernel=(4, 3), strides=(1, 2), pads=(2, 1, 2, 1), ceil_mode=1), (1, 3, 5, 18)),
+    ("MaxPool", dict(kernel=(5, 2), strides=(2, 1), pads=(2, 0, 2, 1), ceil_mode=1), (2, 3, 9, 40)),
 ]
 
 
