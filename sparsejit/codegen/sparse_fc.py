@@ -28,7 +28,9 @@ def render_sparse_fc(layer: str, workload: SparseFcWorkload, plan: SparseFcPlan,
     carries it plus "+fast-gather", without which LLVM 22 splits every AVX2 gather into scalar
     loads on CPUs it does not model as having fast gathers (Broadwell, our avx2 target)."""
     v = plan.vector_width
-    assert len(tables.rows) == workload.out_features + 1 and len(bias) == workload.out_features
+    blocks = plan.column_blocks(workload.in_features)
+    assert len(tables.rows) == blocks * workload.out_features + 1
+    assert len(bias) == workload.out_features
     table = tables.table if tables.table.size else np.zeros(1, np.uint8)  # LLVM has no c"" of [0 x i8]
     k = SimpleNamespace(
         name=kernel_symbol(layer, plan), target=target_name, digest=tables.digest[:16],
@@ -38,6 +40,7 @@ def render_sparse_fc(layer: str, workload: SparseFcWorkload, plan: SparseFcPlan,
         V=v, IB=plan.index_bits, CB=plan.chunk_bytes(), WOFF=v * plan.index_bits // 8,
         A=plan.accumulators, blocks=plan.batch_blocks(),
         C=workload.in_features, M=workload.out_features,
+        KB=blocks, KW=plan.block_width(workload.in_features),
         table=byte_string(table), table_bytes=table.size,
         rows=byte_string(tables.rows.astype("<i4")), rows_bytes=4 * len(tables.rows),
         bias=byte_string(np.asarray(bias, "<f4")), bias_bytes=4 * len(bias),

@@ -4,7 +4,8 @@ Y[N][M] = act(X[N][C] @ W^T + bias) with W mostly zeros. Output row m's nonzeros
 weight w_j) are stored in chunks of V (the vector width), the last chunk of a row padded with
 (column 0, weight 0.0). Per chunk, its V columns come first (uint16, or uint32 for wide layers),
 then its V weights (float32), so the kernel streams the whole table once per pass, front to
-back. `rows[m]` is the first chunk of row m (`rows[M]` is the chunk count). The kernel gathers
+back. `rows[m]` is the first chunk of row m (`rows[M]` is the chunk count); a plan with column
+blocks stores each block's rows in turn, columns counted from the block's first. The kernel gathers
 x[n][c_j] for a chunk's columns and multiplies by its weights; a padding lane's weight is 0.0,
 and the kernel leaves such lanes out so a NaN or Inf in x[n][0] never leaks into other rows.
 """
@@ -12,11 +13,12 @@ and the kernel leaves such lanes out so a NaN or Inf in x[n][0] never leaks into
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..targets import Target
+from .layout import round_up
 from .select import apply_override
 
 
@@ -40,6 +42,9 @@ class SparseFcPlan:
     # GB/s); 8192 into L1 no better than 2048, 4096 into L2 1.77 ms on fc6
     prefetch_bytes: int = 8192
     scalar_loads: bool = False  # x[n][c_j] by V scalar loads, not one vector gather
+    # input features per column block (0: one block of all): the kernel sums each output over
+    # the blocks in turn, so the slice of X a block gathers from stays in L1
+    column_block: int = 0
     codegen_opt: int = 2
 
     def __post_init__(self) -> None:
@@ -49,6 +54,7 @@ class SparseFcPlan:
             (self.batch_block in (1, 2, 4, 8), "batch_block must be 1, 2, 4 or 8"),
             (1 <= self.accumulators <= 4, "accumulators must be 1..4"),
             (self.prefetch_bytes >= 0, "prefetch_bytes must be >= 0"),
+            (self.column_block >= 0, "column_block must be >= 0"),
             (self.codegen_opt in (0, 1, 2, 3), "codegen_opt must be 0..3"),
         ]
         for ok, message in checks:
@@ -58,7 +64,8 @@ class SparseFcPlan:
     def variant(self) -> str:
         """Names the variant in kernel symbols, e.g. rows_v8_i16_b1_a2_p8192."""
         return (f"rows_v{self.vector_width}_i{self.index_bits}_b{self.batch_block}"
-                f"_a{self.accumulators}_p{self.prefetch_bytes}{'_s' if self.scalar_loads else ''}")
+                f"_a{self.accumulators}_p{self.prefetch_bytes}{'_s' if self.scalar_loads else ''}"
+                f"{f'_k{self.column_block}' if self.column_block else ''}")
 
     def batch_blocks(self) -> list[int]:
         """Block sizes the kernel runs, largest first: rows left over from whole blocks of
@@ -68,10 +75,27 @@ class SparseFcPlan:
     def chunk_bytes(self) -> int:
         return self.vector_width * (self.index_bits // 8 + 4)
 
+    def column_blocks(self, in_features: int) -> int:
+        """Column blocks of an input of `in_features` (at least one)."""
+        if not self.column_block or self.column_block >= in_features:
+            return 1
+        return -(-in_features // self.column_block)
+
+    def block_width(self, in_features: int) -> int:
+        """Input features per column block (the last block may be narrower)."""
+        return in_features if self.column_blocks(in_features) == 1 else self.column_block
+
 
 # Rows of X a pass may gather from: beyond L1 (48 KB on recent Intel cores) every gather lane
 # misses it, and fc6 (9216 inputs) at batch 8 ran 2.5x slower in blocks of 2 than row by row.
 X_BLOCK_BYTES = 32 * 1024
+# A row of X wider than that is gathered from in column blocks of at most this many bytes, the
+# fewest that fit (CaffeNet's fc6, 9216 inputs: 3 of 3072): the slice stays in L1 beside the
+# table streaming through it. AMD Zen 4, fc6 at batch 1 with its table from DRAM (interleaved
+# calls, 96 MB streamed between them): 1.59 ms in one block, 1.05-1.09 ms in blocks of 2304-4608
+# with scalar loads (1.45 ms with gathers); CaffeNet 1.08-1.10x (paired in-process, fc6
+# 1.53-1.62 -> 1.19-1.22 ms). Not measured on the Xeon.
+X_SLICE_BYTES = 16 * 1024
 
 
 def choose_plan(workload: SparseFcWorkload, target: Target, override: dict | None = None,
@@ -80,19 +104,30 @@ def choose_plan(workload: SparseFcWorkload, target: Target, override: dict | Non
     Rapids core 16-lane gathers moved fewer lanes per second (fc6 at batch 1: 1.6 ms against
     1.15 ms). As many rows of X per pass as stay in L1 together; two accumulators per row only
     in blocks of 1 or 2 rows (4+ rows are 4+ independent FMA chains already, and 2 x 8 would
-    spill on AVX2's 16 registers). On AMD Zen cores V scalar loads beat a gather while the rows
-    of X a pass reads stay in L1: Zen 4, batch 1, interleaved medians: 4096 x 1000 at 26 % 0.71
-    -> 0.44 ms, 4096 x 4096 at 16 % 1.48 -> 1.21 ms, 1024 x 1024 at 10 % 0.096 -> 0.076 ms;
-    past L1 the gather's lanes wait on L2 together, the scalar loads one by one: 9216 x 4096
-    (CaffeNet fc6, its table prefetched into L2 since) 1.91-2.07 ms by scalar loads, 1.57-1.66
-    by gathers (the network 1.030x on one thread, 1.035x on two)."""
+    spill on AVX2's 16 registers). A row of X wider than L1 is taken in column blocks
+    (X_SLICE_BYTES), so the slice a pass reads stays in L1 too. On AMD Zen cores V scalar loads
+    beat a gather while that slice is in L1: Zen 4, batch 1, interleaved medians: 4096 x 1000
+    at 26 % 0.71 -> 0.44 ms, 4096 x 4096 at 16 % 1.48 -> 1.21 ms, 1024 x 1024 at 10 % 0.096 ->
+    0.076 ms; past L1 the gather's lanes wait on L2 together, the scalar loads one by one
+    (9216 x 4096 in one block: 1.91-2.07 ms by scalar loads, 1.57-1.66 by gathers)."""
     c = workload.in_features
     block = next(b for b in (8, 4, 2, 1) if b == 1 or b * c * 4 <= X_BLOCK_BYTES)
-    x_in_l1 = block * c * 4 <= X_BLOCK_BYTES
-    plan = SparseFcPlan(vector_width=min(8, target.vector_width), index_bits=index_bits_for(c),
-                        batch_block=block, accumulators=2 if block <= 2 else 1,
-                        scalar_loads=target.cpu.startswith("znver") and x_in_l1)
-    return apply_override(plan, override, layer)
+    width = column_block_width(c) if block * c * 4 > X_BLOCK_BYTES else 0
+    plan = SparseFcPlan(vector_width=min(8, target.vector_width),
+                        index_bits=index_bits_for(width or c), batch_block=block,
+                        accumulators=2 if block <= 2 else 1,
+                        scalar_loads=target.cpu.startswith("znver"), column_block=width)
+    plan = apply_override(plan, override, layer)
+    if "index_bits" not in (override or {}):  # as narrow as the overridden blocks allow
+        plan = replace(plan, index_bits=index_bits_for(plan.block_width(c)))
+    return plan
+
+
+def column_block_width(in_features: int) -> int:
+    """Input features per column block: the fewest equal blocks (whole 64-byte lines) whose
+    slice of a row of X fits X_SLICE_BYTES."""
+    blocks = -(-in_features * 4 // X_SLICE_BYTES)
+    return round_up(-(-in_features // blocks), 16)
 
 
 def index_bits_for(in_features: int) -> int:
@@ -102,7 +137,9 @@ def index_bits_for(in_features: int) -> int:
 
 @dataclass(frozen=True)
 class SparseFcTables:
-    rows: np.ndarray  # int32 [M + 1]: first chunk of each row
+    # int32 [blocks * M + 1]: first chunk of (column block b, row m) at b * M + m, chunks
+    # ordered by block, then row
+    rows: np.ndarray
     table: np.ndarray  # uint8 [chunks * chunk_bytes]: per chunk V columns, then V weights
     nonzeros: int
     digest: str  # sha256 of rows and table (hex)
@@ -113,18 +150,39 @@ class SparseFcTables:
 
 
 def build_tables(weight_mc: np.ndarray, plan: SparseFcPlan) -> SparseFcTables:
-    """The packed chunk table and row pointers of W[M][C] (little-endian, as the kernel reads).
+    """The packed chunk table and row pointers of W[M][C] (little-endian, as the kernel reads),
+    column block by column block; a chunk's columns count from its block's first.
     A NaN weight counts as a nonzero (it must reach the output, as in the dense product)."""
     m, c = weight_mc.shape
-    if plan.index_bits == 16 and c > 1 << 16:
-        raise ValueError(f"index_bits=16 cannot address {c} input features (at most 65536)")
+    width = plan.block_width(c)
+    if plan.index_bits == 16 and width > 1 << 16:
+        raise ValueError(f"index_bits=16 cannot address {width} input features (at most 65536)")
+    # block by block: a block's temporaries (its nonzeros' rows and columns) are its share only
+    starts, packs, nonzeros = [np.zeros(1, np.int64)], [], 0
+    for c0 in range(0, c, width):
+        block_starts, packed, count = _pack_rows(weight_mc[:, c0:c0 + width], plan)
+        starts.append(block_starts[1:] + starts[-1][-1])
+        packs.append(packed)
+        nonzeros += count
+    rows = np.concatenate(starts)
+    if rows[-1] >= 1 << 31:
+        raise ValueError(f"{rows[-1]} chunks overflow the kernel's 32-bit row pointers")
+    table = np.concatenate(packs).view(np.uint8).reshape(-1)
+    rows32 = rows.astype("<i4")
+    h = hashlib.sha256(rows32.tobytes())
+    h.update(table.tobytes())
+    return SparseFcTables(rows32, table, nonzeros, h.hexdigest())
+
+
+def _pack_rows(weight_mc: np.ndarray, plan: SparseFcPlan) -> tuple[np.ndarray, np.ndarray, int]:
+    """(first chunk of each row, with the chunk count last; the chunks; the nonzeros) of
+    W[M][C'] (one column block): each row's nonzeros in chunks of V, the last padded with
+    (column 0, weight 0.0)."""
+    m = weight_mc.shape[0]
     v = plan.vector_width
     rows_nz, cols_nz = np.nonzero(weight_mc != 0)  # row-major: sorted by row, then column
     counts = np.bincount(rows_nz, minlength=m)
-    chunks_per_row = -(-counts // v)
-    rows = np.concatenate([[0], np.cumsum(chunks_per_row)]).astype(np.int64)
-    if rows[-1] >= 1 << 31:
-        raise ValueError(f"{rows[-1]} chunks overflow the kernel's 32-bit row pointers")
+    rows = np.concatenate([[0], np.cumsum(-(-counts // v))]).astype(np.int64)
     first_nz = np.concatenate([[0], np.cumsum(counts)[:-1]])
     slot = rows[rows_nz] * v + (np.arange(len(rows_nz)) - first_nz[rows_nz])
     chunk = np.dtype([("cols", f"<u{plan.index_bits // 8}", (v,)), ("weights", "<f4", (v,))])
@@ -135,11 +193,7 @@ def build_tables(weight_mc: np.ndarray, plan: SparseFcPlan) -> SparseFcTables:
     packed = np.empty(int(rows[-1]), chunk)
     packed["cols"] = cols.reshape(-1, v)
     packed["weights"] = weights.reshape(-1, v)
-    table = packed.view(np.uint8).reshape(-1)
-    rows32 = rows.astype("<i4")
-    h = hashlib.sha256(rows32.tobytes())
-    h.update(table.tobytes())
-    return SparseFcTables(rows32, table, len(rows_nz), h.hexdigest())
+    return rows, packed, len(rows_nz)
 
 
 def reference(x: np.ndarray, weight_mc: np.ndarray, bias: np.ndarray) -> np.ndarray:

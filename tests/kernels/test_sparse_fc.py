@@ -1,8 +1,8 @@
 """The pruned-FC row kernel (gathers) against the numpy reference, on every target the host runs.
 
 Sweeps densities 0 / one nonzero / 0.05 / 0.26 / 1, input and output widths below, at and above
-the chunk width, batch 1, 3 and 8, both index widths, every blocking, partial ranges of rows and
-outputs, the epilogues, and NaN/Inf inputs. X and Y end exactly at a PROT_NONE page, so a read
+the chunk width, batch 1, 3 and 8, both index widths, every blocking, column blocks, partial
+ranges of rows and outputs, the epilogues, and NaN/Inf inputs. X and Y end exactly at a PROT_NONE page, so a read
 past x[n1-1][C-1] or a write past y[n1-1][M-1] faults; untouched outputs must keep a sentinel.
 """
 
@@ -20,6 +20,7 @@ from sparsejit.codegen.sparse_fc import kernel_symbol, render_sparse_fc
 from sparsejit.kernels.direct_conv import Epilogue
 from sparsejit.kernels.layout import round_up
 from sparsejit.kernels.sparse_fc import (
+    X_SLICE_BYTES,
     SparseFcPlan,
     SparseFcWorkload,
     build_tables,
@@ -172,6 +173,10 @@ BLOCKINGS = [
     dict(scalar_loads=True, batch_block=4, index_bits=32, vector_width=4),
     dict(scalar_loads=True, batch_block=2, vector_width=16),
     dict(scalar_loads=False, batch_block=2, accumulators=2),
+    dict(column_block=16, batch_block=1, accumulators=2),
+    dict(column_block=32, batch_block=2, scalar_loads=True),
+    dict(column_block=48, batch_block=4, index_bits=32, vector_width=4),
+    dict(column_block=64, batch_block=8, vector_width=16),  # 70 columns: blocks of 64 and 6
 ]
 
 
@@ -180,7 +185,8 @@ BLOCKINGS = [
 @pytest.mark.parametrize("batch", [3, 8])
 def test_blockings(blocking, batch, target):
     """Every block size, the halves a batch that is not a whole block leaves, both index
-    widths and chunk widths other than the target's (scalarised where it has no such gather)."""
+    widths and chunk widths other than the target's (scalarised where it has no such gather),
+    column blocks (the last one narrower)."""
     case = FcCase(70, 19, batch, 0.3, plan=blocking)
     plan = check_ranges(case, target, seed_of(case, target))
     assert plan.batch_block == blocking["batch_block"]
@@ -194,12 +200,24 @@ def test_index_bits(index_bits, target):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_partial_ranges(target):
+@pytest.mark.parametrize("column_block", [0, 16])
+def test_partial_ranges(column_block, target):
     """Sub-ranges of rows and outputs (as threads split the work), empty ones included."""
-    case = FcCase(45, 21, 8, 0.3, plan={"batch_block": 4})
+    case = FcCase(45, 21, 8, 0.3, plan={"batch_block": 4, "column_block": column_block})
     ranges = [(0, 8, 0, 21), (2, 7, 3, 4), (1, 8, 5, 21), (5, 6, 0, 1), (3, 3, 0, 21),
               (0, 8, 7, 7), (4, 8, 20, 21)]
     check_ranges(case, target, seed_of(case, target), ranges)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("density", DENSITIES, ids=str)
+def test_column_blocks(density, target):
+    """Rows summed over column blocks: blocks where a row has no nonzero, every block empty,
+    a last block of one column, wide inputs (the default blocks of CaffeNet's fc6)."""
+    for c, width, batch in [(97, 32, 1), (97, 96, 3), (40, 8, 8), (9216, 0, 1)]:
+        case = FcCase(c, 23, batch, density, plan={"column_block": width} if width else {})
+        plan = check_ranges(case, target, seed_of(case, target))
+        assert plan.column_blocks(c) == (-(-c // width) if width else 3)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -232,6 +250,12 @@ def test_nan_and_inf_reach_only_nonzero_columns(activation, target):
     for scalar_loads in (False, True):
         case = FcCase(c, m, n, 0.2, activation=activation, plan={"scalar_loads": scalar_loads})
         check_ranges(case, target, 17, x_values=x, weight=w)
+        # blocks of 10 columns: padding lanes point at each block's first column (0, 10, 20)
+        x_blocks = x.copy()
+        x_blocks[:, 10] = np.nan
+        case = FcCase(c, m, n, 0.2, activation=activation,
+                      plan={"scalar_loads": scalar_loads, "column_block": 10})
+        check_ranges(case, target, 17, x_values=x_blocks, weight=w)
 
 
 def test_gathers_in_assembly():
@@ -264,6 +288,15 @@ def test_tables_layout():
     assert chunks["w"].tolist() == [[1, 2, 3, 0], [1, 2, 3, 4], [5, 6, 0, 0]]
     wide = build_tables(w, SparseFcPlan(vector_width=4, index_bits=32))
     assert wide.table.size == 3 * 32
+    # column blocks of 4: chunks ordered by block, then row; columns counted from the block's
+    blocked = build_tables(w, SparseFcPlan(vector_width=4, index_bits=16, column_block=4))
+    # cells (block, row): (0,0) [1], (0,2) [2,3], (1,0) [4], (1,2) [4..7], (2,0) [9]
+    assert blocked.rows.tolist() == [0, 1, 1, 2, 3, 3, 4, 5, 5, 5]
+    chunks = blocked.table.view(np.dtype([("c", "<u2", (4,)), ("w", "<f4", (4,))]))
+    assert chunks["c"].tolist() == [[1, 0, 0, 0], [2, 3, 0, 0], [0, 0, 0, 0], [0, 1, 2, 3],
+                                    [1, 0, 0, 0]]
+    assert chunks["w"].tolist() == [[1, 0, 0, 0], [1, 2, 0, 0], [2, 0, 0, 0], [3, 4, 5, 6],
+                                    [3, 0, 0, 0]]
 
 
 def test_plan_checks():
@@ -277,16 +310,25 @@ def test_plan_checks():
         build_tables(np.ones((1, 65537), np.float32), SparseFcPlan(index_bits=16))
     assert build_tables(np.ones((1, 65536), np.float32), SparseFcPlan(index_bits=16)).chunks == 8192
     wide = choose_plan(SparseFcWorkload(70_000, 4), targets.get("avx2"))
-    assert wide.index_bits == 32 and wide.batch_block == 1
+    assert wide.index_bits == 16 and wide.batch_block == 1 and wide.column_block == 3904
+    one_block = choose_plan(SparseFcWorkload(70_000, 4), targets.get("avx2"), {"column_block": 0})
+    assert one_block.index_bits == 32 and one_block.column_blocks(70_000) == 1
+    with pytest.raises(ValueError, match="column_block"):
+        SparseFcPlan(column_block=-1)
 
 
-def test_zen_loads_x_by_scalars_only_while_x_stays_in_l1():
-    """On AMD Zen the default plan gathers x by scalar loads where the rows of X a pass reads
-    fit L1 (CaffeNet's fc7 and fc8), by hardware gathers past it (fc6's 9216 inputs)."""
+def test_rows_of_x_past_l1_go_in_column_blocks_and_zen_loads_x_by_scalars():
+    """A row of X wider than L1 (CaffeNet's fc6, 9216 inputs) is taken in the fewest column
+    blocks whose slices fit X_SLICE_BYTES; narrower ones (fc7, fc8) in one. On AMD Zen the
+    default plan then loads x by scalars (its slice is in L1), elsewhere by hardware gathers."""
     from dataclasses import replace
 
     zen = replace(targets.get("avx512"), cpu="znver4")
-    assert choose_plan(SparseFcWorkload(4096, 4096), zen).scalar_loads
-    assert choose_plan(SparseFcWorkload(1024, 1000), zen).scalar_loads
-    assert not choose_plan(SparseFcWorkload(9216, 4096), zen).scalar_loads
+    fc6 = choose_plan(SparseFcWorkload(9216, 4096), zen)
+    assert fc6.column_block == 3072 and fc6.column_blocks(9216) == 3 and fc6.scalar_loads
+    assert fc6.column_block * 4 <= X_SLICE_BYTES
+    for narrow in (SparseFcWorkload(4096, 4096), SparseFcWorkload(1024, 1000)):
+        plan = choose_plan(narrow, zen)
+        assert plan.scalar_loads and plan.column_blocks(narrow.in_features) == 1
     assert not choose_plan(SparseFcWorkload(4096, 4096), targets.get("avx512")).scalar_loads
+    assert choose_plan(SparseFcWorkload(9216, 4096), targets.get("avx512")).column_block == 3072
