@@ -137,6 +137,57 @@ def test_code_is_not_writable_and_data_is_not_executable():
             pytest.fail("the code's page is not mapped")
 
 
+def big_table_ir(floats: int) -> str:
+    """A constant table of `floats` values (value i at index i) and a function reading it."""
+    data = struct.pack(f"<{floats}f", *range(floats))
+    text = "".join(f"\\{b:02x}" for b in data)
+    return (f'@big = private unnamed_addr constant [{4 * floats} x i8] c"{text}", align 64\n'
+            "define float @read_big(i64 %i) {\n"
+            "  %p = getelementptr float, ptr @big, i64 %i\n"
+            "  %v = load float, ptr %p, align 4\n"
+            "  ret float %v\n}\n")
+
+
+def mappings() -> list[tuple[int, int, list[str]]]:
+    """(start, end, VmFlags) of every mapping of this process, from /proc/self/smaps."""
+    found, span = [], None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if line.startswith("VmFlags:"):
+                found.append((*span, line.split()[1:]))
+            elif "-" in head and ":" not in head:
+                span = tuple(int(x, 16) for x in head.split("-"))
+    return found
+
+
+def mapping_of(address: int) -> tuple[int, int, list[str]]:
+    return next(m for m in mappings() if m[0] <= address < m[1])
+
+
+def test_large_read_only_data_starts_on_a_huge_page_and_asks_for_huge_pages():
+    """Read-only data of at least HUGE_PAGE_MIN_BYTES (big sparse tables) starts on a 2 MiB
+    boundary, right after the code, in a mapping marked for transparent huge pages (VmFlags
+    "hg"); small data is not marked. Either way every value reads back."""
+    floats = elfload.HUGE_PAGE_MIN_BYTES // 4 + 4096
+    code = elfload.LoadedCode(objects(big_table_ir(floats)))
+    read = fn(code, "read_big", ctypes.c_float, ctypes.c_int64)
+    assert [read(i) for i in (0, 1, 4096, floats - 1)] == [0.0, 1.0, 4096.0, float(floats - 1)]
+    _, code_end, code_flags = mapping_of(code.address("read_big"))
+    data_start, _, data_flags = mapping_of(code_end)
+    assert "ex" in code_flags and "hg" not in code_flags
+    assert data_start == code_end and data_start % elfload.HUGE_PAGE == 0
+    assert "ex" not in data_flags
+    if Path("/sys/kernel/mm/transparent_hugepage").exists():  # a kernel with THP marks it
+        assert "hg" in data_flags
+    code.close()
+
+    small = elfload.LoadedCode(objects(TABLE_IR))
+    _, small_code_end, _ = mapping_of(small.address("lookup"))
+    assert "hg" not in mapping_of(small_code_end)[2]
+    small.close()
+
+
 def test_unknown_symbols_are_a_key_error():
     code = elfload.LoadedCode(objects(TABLE_IR))
     with pytest.raises(KeyError, match="no_such_kernel"):
