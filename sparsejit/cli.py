@@ -150,10 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--asm", action="store_true", help="assembly for the target")
     sp.set_defaults(func=cmd_inspect)
 
-    sp = sub.add_parser("autotune", help="search each conv layer's plans; compile() uses the best")
+    sp = sub.add_parser("autotune", help="search each conv and pruned FC layer's plans; "
+                        "compile() uses the best")
     model_arg(sp)
     sp.add_argument("--target", default="host", help="host, sse, avx2, avx512 (default host)")
-    sp.add_argument("--threads", type=int, default=1, help="threads per kernel while timing")
+    sp.add_argument("--threads", type=int, default=1,
+                    help="threads per conv kernel while timing (FC layers: one)")
     sp.add_argument("--budget", type=int, default=24, help="candidate plans per layer (24)")
     sp.add_argument("--repeats", type=int, default=15, help="timed calls per candidate (15)")
     sp.add_argument("--time-bound", type=float, default=2.0,
@@ -163,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(3; 0: none)")
     sp.add_argument("--rounds", type=int, default=3,
                     help="interleaved rounds of the confirmation (3)")
-    sp.add_argument("--layers", help="comma-separated conv layers to tune (default all)")
+    sp.add_argument("--layers", help="comma-separated conv or pruned FC layers to tune "
+                    "(default all)")
     sp.add_argument("--log", help="tuning log to append to (default SPARSEJIT_TUNING_LOG, else "
                     "tuning.jsonl in the user cache dir)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -41,12 +41,11 @@ from .codegen.schedule import SYMBOL as DRIVER_SYMBOL
 from .codegen.schedule import render_schedule
 from .codegen.softmax import kernel_symbol as softmax_symbol
 from .codegen.softmax import render_softmax
-from .codegen.sparse_fc import kernel_symbol as fc_symbol
-from .codegen.sparse_fc import render_sparse_fc
 from .codegen.strided_copy import StridedView, render_strided_copy
 from .codegen.strided_copy import kernel_symbol as copy_symbol
 from .conv_layer import ConvCode, ConvSpec, render_conv
 from .errors import InvalidPlanError
+from .fc_layer import FcCode, FcSpec, render_fc
 from .graph.ir import Graph, Node
 from .kernels import select
 from .kernels.direct_conv import (ConvWorkload, Epilogue, build_pattern, flat_if_it_pays, input_extent,
@@ -58,7 +57,6 @@ from .kernels.lrn import LRNWorkload
 from .kernels.pool import PoolWorkload, pool_lowerable, pool_workload
 from .kernels.reference import run_node
 from .kernels.sparse_fc import SparseFcWorkload
-from .kernels.sparse_fc import build_tables as build_fc_tables
 from .kernels.sparse_fc import choose_plan as choose_fc_plan
 from .runtime import steps as st
 from .runtime.buffers import Lifetime, plan_buffers
@@ -96,8 +94,9 @@ class LayerInfo:
     dense_flops: int = 0
     fused: list[str] = field(default_factory=list)
     tuned: bool = False  # the plan came from the tuning log
-    workload_key: str | None = None  # conv layers: the tuning log's key
-    spec: ConvSpec | None = None  # conv layers: what the kernel was generated from (autotune)
+    workload_key: str | None = None  # conv and pruned FC layers: the tuning log's key
+    # conv and row-kernel FC layers: what the kernel was generated from (autotune)
+    spec: ConvSpec | FcSpec | None = None
 
     @property
     def ir(self) -> str | None:
@@ -595,23 +594,40 @@ class _Builder:
     def sparse_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         m, c = weight.shape
         n = self.images(node.inputs[0])
-        wl = SparseFcWorkload(c, m)
-        plan = choose_fc_plan(wl, self.target, self.overrides.get(node.name), node.name)
-        tables = build_fc_tables(weight, plan)
-        info = LayerInfo(node.name, node.op, f"sparse-fc {plan.variant()}",
+        spec = FcSpec(node.name, SparseFcWorkload(c, m), weight, bias, _epilogue(node))
+        key = tuning_log.fc_workload_key(spec.workload, weight)
+        code, tuned = self._fc_code(spec, key)
+        plan = code.plan
+        info = LayerInfo(node.name, node.op,
+                         f"sparse-fc {plan.variant()}" + (" (tuned)" if tuned else ""),
                          self.shape(node.inputs[0]), self.shape(node.outputs[0]),
-                         select.density(weight), tables.nonzeros,
-                         symbol=fc_symbol(node.name, plan), opt=plan.codegen_opt,
-                         dense_flops=2 * m * c * n, fused=list(node.fused))
-        epilogue, tgt = _epilogue(node), self.target
-        info.source = KernelSource(
-            lambda: render_sparse_fc(node.name, wl, plan, tables, bias, epilogue, tgt.name,
-                                     tgt.features),
-            "sparse_fc", node.name, wl, plan, tables.rows, tables.table, bias, epilogue, tgt.name,
-            tgt.features)
+                         select.density(weight), code.tables.nonzeros,
+                         symbol=code.symbol, opt=plan.codegen_opt,
+                         dense_flops=2 * m * c * n, fused=list(node.fused),
+                         tuned=tuned, workload_key=key, spec=spec)
+        info.source = code.source
         step = st.FlatKernel(node.name, node.inputs[0], node.outputs[0], None, None, m, n,
-                           2 * tables.nonzeros * n)
+                             2 * code.tables.nonzeros * n)
         self._add_kernel(step, info, st.ConvFn)
+
+    def _fc_code(self, spec: FcSpec, key: str) -> tuple[FcCode, bool]:
+        """As _conv_code, for a pruned FC run row by row."""
+        name, tgt = spec.name, self.target
+        if name not in self.overrides:
+            tuned = tuning_log.best(key, tgt, threads=self.threads)
+            if tuned is not None:
+                try:
+                    return render_fc(spec, choose_fc_plan(spec.workload, tgt, tuned, name), tgt), True
+                except ValueError as exc:  # InvalidPlanError is one
+                    warnings.warn(f"sparsejit: layer '{name}': ignoring the tuned plan {tuned} "
+                                  f"from the tuning log ({exc})", stacklevel=2)
+        plan = choose_fc_plan(spec.workload, tgt, self.overrides.get(name), name)
+        try:
+            return render_fc(spec, plan, tgt), False
+        except InvalidPlanError:
+            raise
+        except ValueError as exc:
+            raise InvalidPlanError(f"layer '{name}': plan {plan.variant()} cannot run it: {exc}") from None
 
     def batch_lanes_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         """A pruned FC layer at batch >= 4: X[N][C] copied into a (C, 1, N) layout, the direct

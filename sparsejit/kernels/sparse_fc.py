@@ -123,10 +123,12 @@ def choose_plan(workload: SparseFcWorkload, target: Target, override: dict | Non
     return plan
 
 
-def column_block_width(in_features: int) -> int:
+def column_block_width(in_features: int, slice_bytes: int = X_SLICE_BYTES) -> int:
     """Input features per column block: the fewest equal blocks (whole 64-byte lines) whose
-    slice of a row of X fits X_SLICE_BYTES."""
-    blocks = -(-in_features * 4 // X_SLICE_BYTES)
+    slice of a row of X fits `slice_bytes`; 0 when the whole row does."""
+    if in_features * 4 <= slice_bytes:
+        return 0
+    blocks = -(-in_features * 4 // slice_bytes)
     return round_up(-(-in_features // blocks), 16)
 
 

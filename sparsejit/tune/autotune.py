@@ -1,7 +1,9 @@
-"""sparsejit.autotune(): search each conv layer's plans, measure every candidate, log them all.
+"""sparsejit.autotune(): search each conv layer's (and pruned FC layer's) plans, measure every
+candidate, log them all.
 
 The model is compiled once the ordinary way to learn each conv layer's spec (workload, folded
-weights, epilogue, layouts: exactly what compile() renders); then, layer by layer, every
+weights, epilogue, layouts: exactly what compile() renders), and each pruned FC's that runs row
+by row (below batch 3, as tuning times one image); then, layer by layer, every
 candidate of the layer's search space is built, verified against the numpy reference and timed.
 Each result is appended to the tuning log as soon as it is measured, so an interrupted run
 keeps what it measured. A search's fastest candidate is often only the luckiest on a noisy
@@ -23,34 +25,40 @@ from tqdm import tqdm
 from .. import targets
 from ..conv_layer import ConvSpec
 from ..errors import InputError
+from ..fc_layer import FcSpec
 from ..kernels.direct_conv import DirectConvPlan
+from ..kernels.sparse_fc import SparseFcPlan
 from ..targets import Target
 from . import log as tuning_log
 from . import space
-from .measure import Measurement, measure
+from .measure import Measurement, measure, measure_fc
+
+Spec = ConvSpec | FcSpec
+Plan = DirectConvPlan | SparseFcPlan
 
 
 class LayerTuning(NamedTuple):
     """A layer's outcome: the winner and its speedup over the default plan (first two fields,
     so `plan, speedup = result[:2]`), the two medians, and every measurement."""
 
-    plan: DirectConvPlan
+    plan: Plan
     speedup: float | None  # default median / best median; None when the default failed
     default_s: float | None
     best_s: float | None
     results: list[Measurement]
-    confirmed: dict[DirectConvPlan, float] = {}  # finalist -> median over confirmation rounds
+    confirmed: dict[Plan, float] = {}  # finalist -> median over confirmation rounds
 
 
 def autotune(model: Any, target: str | Target = "host", threads: int = 1, budget: int = 24,
              repeats: int = 15, time_bound: float = 2.0, layers: list[str] | str | None = None,
              log_path: str | Path | None = None, progress: bool = True, finalists: int = 3,
              rounds: int = 3) -> dict[str, LayerTuning]:
-    """Tune the conv layers of `model` (path, bytes or ModelProto) for `target`.
+    """Tune the conv layers and pruned FC layers of `model` (path, bytes or ModelProto) for
+    `target`. FC layers are timed on one thread whatever `threads` says (their records say so).
 
     budget: candidate plans per layer (the default plan is always one of them).
     repeats, time_bound: timed calls per candidate (median), and the seconds they may take.
-    layers: names (or "a,b") of the conv layers to tune; default all.
+    layers: names (or "a,b") of the layers to tune; default all.
     log_path: the tuning log to append to (default: SPARSEJIT_TUNING_LOG, else the user cache).
     finalists, rounds: the confirmation round re-times the default and the `finalists` fastest
     other candidates, interleaved, `rounds` times (finalists=0: no confirmation).
@@ -66,7 +74,7 @@ def autotune(model: Any, target: str | Target = "host", threads: int = 1, budget
     path = Path(log_path) if log_path is not None else tuning_log.default_path()
     if path is None:
         raise InputError("the tuning log is off (SPARSEJIT_TUNING_LOG=off): give log_path")
-    specs = _select(conv_specs(model, tgt), layers)
+    specs = _select(layer_specs(model, tgt), layers)
     outcomes: dict[str, LayerTuning] = {}
     done: dict[str, LayerTuning] = {}  # workload key -> outcome: identical layers tune once
     for key, spec in specs:
@@ -77,8 +85,9 @@ def autotune(model: Any, target: str | Target = "host", threads: int = 1, budget
     return outcomes
 
 
-def conv_specs(model: Any, target: Target) -> list[tuple[str, ConvSpec]]:
-    """(workload key, spec) of every conv kernel of the model, in schedule order."""
+def layer_specs(model: Any, target: Target) -> list[tuple[str, Spec]]:
+    """(workload key, spec) of every conv kernel and pruned-FC row kernel of the model, in
+    schedule order."""
     from ..compiler import compile
 
     cm = compile(model, target, threads=1)
@@ -89,26 +98,45 @@ def conv_specs(model: Any, target: Target) -> list[tuple[str, ConvSpec]]:
         cm.close()
 
 
-def _select(specs: list[tuple[str, ConvSpec]], layers: list[str] | str | None):
+def _select(specs: list[tuple[str, Spec]], layers: list[str] | str | None):
     if layers is None:
         return specs
     wanted = [n.strip() for n in layers.split(",")] if isinstance(layers, str) else list(layers)
     known = [spec.name for _, spec in specs]
     unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise InputError(f"no conv layer(s) {unknown} to tune; conv layers: {known}")
+        raise InputError(f"no conv or pruned FC layer(s) {unknown} to tune; those layers: {known}")
     return [(key, spec) for key, spec in specs if spec.name in wanted]
 
 
-def _tune_layer(spec: ConvSpec, key: str, target: Target, threads: int, budget: int, repeats: int,
+def _candidates(spec: Spec, target: Target, threads: int, budget: int) -> list[Plan]:
+    if isinstance(spec, FcSpec):
+        return space.fc_candidates(spec.workload, target, budget)
+    return space.candidates(spec.workload, spec.weight, target, budget, threads=threads,
+                            in_layout=spec.in_layout)
+
+
+def _measure(spec: Spec, plan: Plan, target: Target, repeats: int, time_bound: float,
+             threads: int) -> Measurement:
+    if isinstance(spec, FcSpec):
+        return measure_fc(spec, plan, target, repeats, time_bound)
+    return measure(spec, plan, target, repeats, time_bound, threads)
+
+
+def _timed_threads(spec: Spec, threads: int) -> int:
+    """The threads a layer's records are timed with (an FC's on one)."""
+    return 1 if isinstance(spec, FcSpec) else threads
+
+
+def _tune_layer(spec: Spec, key: str, target: Target, threads: int, budget: int, repeats: int,
                 time_bound: float, path: Path, progress: bool, finalists: int,
                 rounds: int) -> LayerTuning:
-    plans = space.candidates(spec.workload, spec.weight, target, budget, threads=threads,
-                             in_layout=spec.in_layout)
+    plans = _candidates(spec, target, threads, budget)
+    threads = _timed_threads(spec, threads)
     results: list[Measurement] = []
     bar = tqdm(plans, desc=spec.name, unit="plan", disable=not progress, leave=True)
     for plan in bar:
-        m = measure(spec, plan, target, repeats, time_bound, threads)
+        m = _measure(spec, plan, target, repeats, time_bound, threads)
         results.append(m)
         tuning_log.append([_record(m, spec, key, target, threads)], path)
         best = _best(results)
@@ -128,23 +156,23 @@ def _tune_layer(spec: ConvSpec, key: str, target: Target, threads: int, budget: 
     return LayerTuning(plan, speedup, default_s, medians[plan], results, confirmed)
 
 
-def _confirm(spec: ConvSpec, key: str, target: Target, threads: int, repeats: int,
+def _confirm(spec: Spec, key: str, target: Target, threads: int, repeats: int,
              time_bound: float, path: Path, results: list[Measurement], finalists: int,
-             rounds: int, progress: bool) -> dict[DirectConvPlan, float]:
+             rounds: int, progress: bool) -> dict[Plan, float]:
     """Re-time the default and the `finalists` fastest other verified plans, each round all of
     them in turn (so all see the same drift), and log each one's median over the rounds."""
     ok = sorted((m for m in results[1:] if m.status == "ok"), key=lambda m: m.median_s)
     chosen = ([results[0]] if results[0].status == "ok" else []) + ok[:finalists]
     if len(chosen) < 2:  # nothing to compare: the search's one verified plan stands
         return {}
-    medians: dict[DirectConvPlan, list[float]] = {m.plan: [] for m in chosen}
-    samples: dict[DirectConvPlan, list[float]] = {m.plan: [] for m in chosen}
-    last: dict[DirectConvPlan, Measurement] = {}
+    medians: dict[Plan, list[float]] = {m.plan: [] for m in chosen}
+    samples: dict[Plan, list[float]] = {m.plan: [] for m in chosen}
+    last: dict[Plan, Measurement] = {}
     bar = tqdm(total=rounds * len(chosen), desc=f"{spec.name} confirm", unit="plan",
                disable=not progress, leave=True)
     for _ in range(rounds):
         for plan in medians:
-            m = measure(spec, plan, target, repeats, time_bound, threads)
+            m = _measure(spec, plan, target, repeats, time_bound, threads)
             bar.update()
             if m.status == "ok":
                 medians[plan].append(m.median_s)
@@ -163,7 +191,7 @@ def _best(results: list[Measurement]) -> Measurement | None:
     return min(ok, key=lambda m: m.median_s) if ok else None
 
 
-def _record(m: Measurement, spec: ConvSpec, key: str, target: Target, threads: int,
+def _record(m: Measurement, spec: Spec, key: str, target: Target, threads: int,
             **extra: Any) -> dict:
     return tuning_log.make_record(key, target, asdict(m.plan), m.status, m.median_s, m.times,
                                   m.error, layer=spec.name, workload=asdict(spec.workload),

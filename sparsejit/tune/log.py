@@ -1,7 +1,7 @@
 """The tuning log: one JSON record per measured candidate plan, appended, never rewritten.
 
-A record is keyed by the layer's workload key (shape, density and nonzero pattern: two layers of
-one shape but different patterns are different workloads) and the target's cpu and features.
+A record is keyed by the layer's workload key (kind, shape, density and nonzero pattern: two
+layers of one shape but different patterns are different workloads) and the target's cpu and features.
 Failures are recorded too, so a log says what was tried; an autotuner's confirmation round
 adds one "confirmed" record per re-timed finalist, which outranks unconfirmed ones. Reading
 skips, with a warning naming the file and line, any line that does not parse or is of another
@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import __version__, config
 from ..kernels.direct_conv import ConvWorkload
+from ..kernels.sparse_fc import SparseFcWorkload
 from ..targets import Target
 
 VERSION = 1
@@ -45,6 +46,17 @@ def workload_key(workload: ConvWorkload, weight: np.ndarray) -> str:
     if not layer["flat_stride"]:  # keys from before flat runs existed stay valid
         del layer["flat_stride"]
     fields = {**layer, "density": round(float(nonzero.mean()) if nonzero.size else 0.0, 6),
+              "pattern": pattern.hexdigest()}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def fc_workload_key(workload: SparseFcWorkload, weight: np.ndarray) -> str:
+    """As workload_key, for a pruned FC run row by row (its kind in the key: no conv's key
+    can equal it)."""
+    nonzero = np.ascontiguousarray(weight) != 0
+    pattern = hashlib.sha256(np.packbits(nonzero).tobytes() + repr(weight.shape).encode())
+    fields = {"kind": "sparse_fc_rows", **asdict(workload),
+              "density": round(float(nonzero.mean()) if nonzero.size else 0.0, 6),
               "pattern": pattern.hexdigest()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 

@@ -1,4 +1,4 @@
-"""Build, verify and time one candidate plan of one conv layer.
+"""Build, verify and time one candidate plan of one conv layer (or pruned FC layer).
 
 The kernel is rendered from the layer's spec exactly as compile() renders it (conv_layer.py),
 compiled and loaded on its own, run once on random input and compared with the numpy reference
@@ -8,6 +8,10 @@ would give the layer, with a barrier after each call; a sample is one driver cal
 of back-to-back calls, so the threads are handed work once per sample, not once per call as
 a Python pool did before (its hand-off was in every small layer's time). A plan that reads a
 packed input copy runs the generated repack kernel before each call, as the runtime does.
+A pruned FC run row by row (`measure_fc`) is timed one call per sample on one thread, with its
+table evicted from the caches before each call: in a network the layers between two calls pass
+more data through the caches than they hold, so its table streams from memory, and which plan
+is fastest changes with that (gathers or scalar loads of x on AMD Zen 4).
 Every outcome is a
 `Measurement`: a kernel that fails to compile, computes a wrong answer or exceeds the time bound
 is a result to log, not an exception.
@@ -15,6 +19,7 @@ is a result to log, not an exception.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,8 +33,11 @@ from ..codegen.repack import render_repack
 from ..codegen.schedule import SYMBOL as DRIVER_SYMBOL
 from ..codegen.schedule import render_schedule
 from ..conv_layer import ConvCode, ConvSpec, render_conv
+from ..fc_layer import FcSpec, render_fc
 from ..kernels.direct_conv import DirectConvPlan, Epilogue, output_extent, parallel_units
 from ..kernels.reference import conv2d
+from ..kernels.sparse_fc import SparseFcPlan
+from ..kernels.sparse_fc import reference as fc_reference
 from ..runtime.buffers import aligned_zeros
 from ..runtime.schedule import DriverFn, NativeRun, RunTable, build_table, run_native
 from ..runtime.steps import ActivationKernel, Arena
@@ -48,11 +56,18 @@ MIN_SAMPLE_S = 2e-4
 # preempting a vCPU: a busy-loop sees such gaps 3x as often when both vCPUs are busy).
 MIN_THREADED_SAMPLE_S = 2e-2
 MAX_CALLS_PER_SAMPLE = 1000
+# Streamed through the caches before each timed call of a pruned FC: more than the last level
+# of this machine's caches holds (64 MiB where it is not known).
+EVICT_MIN_BYTES = 64 << 20
+_evict_buffer: np.ndarray | None = None
+# (x, y, unused, n0, n1, m0, m1): a row kernel's signature, as the runtime calls it
+FcFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)
 
 
 @dataclass
 class Measurement:
-    plan: DirectConvPlan
+    plan: DirectConvPlan | SparseFcPlan
     status: str  # "ok" | "wrong" | "error" | "timeout"
     median_s: float | None = None
     times: list[float] = field(default_factory=list)  # seconds per call, one per sample
@@ -203,3 +218,65 @@ def _time(run, repeats: int, calls: int, bound: float) -> list[float]:
         times.append(run(calls))
         spent += time.perf_counter() - start
     return times
+
+
+def measure_fc(spec: FcSpec, plan: SparseFcPlan, target: Target, repeats: int = 15,
+               time_bound: float = 2.0, seed: int = 0) -> Measurement:
+    """Compile, verify and time `plan` on a pruned FC's `spec` (one image, one thread; its
+    table evicted from the caches before each timed call)."""
+    start = time.perf_counter()
+    try:
+        code = render_fc(spec, plan, target)
+        library = llvm.CodeLibrary(target)
+        library.add_object(llvm.compile_object(code.ir, target, plan.codegen_opt)[0])
+        library.finalize()
+        kernel = FcFn(library.address(code.symbol))
+    except Exception as exc:  # compile failures are results: the tuner moves on
+        return Measurement(plan, "error", error=f"{type(exc).__name__}: {exc}")
+    compile_s = time.perf_counter() - start
+    wl = spec.workload
+    rng = np.random.default_rng(seed)
+    x = aligned_zeros(wl.in_features).reshape(1, -1)
+    x[...] = rng.standard_normal(x.shape)
+    y = aligned_zeros(wl.out_features).reshape(1, -1)
+    y[...] = SENTINEL
+
+    def run() -> float:
+        start = time.perf_counter()
+        kernel(x.ctypes.data, y.ctypes.data, None, 0, 1, 0, wl.out_features)
+        return time.perf_counter() - start
+
+    first = run()
+    expected = apply_epilogue(fc_reference(x, spec.weight, spec.bias).astype(np.float32),
+                              spec.epilogue)
+    problem = mismatch(y, expected)
+    if problem is not None:
+        return Measurement(plan, "wrong", error=problem, compile_s=compile_s)
+    evict = _eviction_buffer()
+    times: list[float] = []
+    spent = first
+    while len(times) < repeats and spent <= time_bound:
+        begin = time.perf_counter()
+        evict += 1.0  # every line of it written: the table's lines leave every cache level
+        times.append(run())
+        spent += time.perf_counter() - begin
+    if len(times) < min(MIN_SAMPLES, repeats):
+        return Measurement(plan, "timeout", times=times, compile_s=compile_s,
+                           error=f"{len(times)} timed samples within the {time_bound:g} s bound")
+    del kernel, library  # the code goes once nothing calls into it
+    return Measurement(plan, "ok", float(np.median(times)), times, compile_s=compile_s)
+
+
+def _eviction_buffer() -> np.ndarray:
+    """A buffer twice the last-level cache (EVICT_MIN_BYTES at least), made once."""
+    global _evict_buffer
+    if _evict_buffer is None:
+        size = EVICT_MIN_BYTES
+        try:
+            text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            size = max(size, 2 * int(text.rstrip("KMG")) * scale)
+        except (OSError, ValueError):
+            pass
+        _evict_buffer = np.ones(size // 4, np.float32)
+    return _evict_buffer

@@ -1,4 +1,5 @@
-"""The search space of one conv layer: which plans the autotuner tries, in which order.
+"""The search space of one conv layer (or pruned FC layer): which plans the autotuner tries, in
+which order.
 
 The knobs are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
@@ -7,7 +8,9 @@ unrolled form only while its code stays small) and, tuned for several threads, h
 divide the layer (channel blocks or output tiles).
 The default plan comes first, so every tuning run measures the baseline; then neighbours of the
 default (one knob changed: where the heuristics of select.py are most likely off by one step),
-then a seeded sample of the whole space (knobs that only pay off together).
+then a seeded sample of the whole space (knobs that only pay off together). A pruned FC run
+row by row has its own knobs (`fc_candidates`): chunk width, accumulators, prefetch distance,
+scalar loads or gathers, column blocks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import numpy as np
 from ..kernels import select
 from ..kernels.direct_conv import LOOP_ORDERS, ConvWorkload, DirectConvPlan, packed_input, shifted_sums_misfit
 from ..kernels.layout import Layout
+from ..kernels.sparse_fc import SparseFcPlan, SparseFcWorkload, column_block_width, index_bits_for
+from ..kernels.sparse_fc import choose_plan as choose_fc_plan
 from ..targets import Target
 
 SPARSE_BLOCKS = (1, 2, 4)
@@ -186,5 +191,55 @@ def _distinct(plans, seen: set[DirectConvPlan]) -> list[DirectConvPlan]:
     for plan in plans:
         if plan is not None and _canonical(plan) not in seen:
             seen.add(_canonical(plan))
+            out.append(plan)
+    return out
+
+
+# The pruned-FC row kernel's knobs besides the chunk width (the target's vector widths up to
+# its own): accumulators per row of X, the table's prefetch distance, scalar loads or gathers
+# of x, and column blocks whose slices of a row of X take these many bytes (besides none).
+FC_ACCUMULATORS = (1, 2, 4)
+FC_PREFETCH_BYTES = (0, 4096, 8192, 16384)
+FC_SLICE_BYTES = (8 * 1024, 16 * 1024, 32 * 1024)
+
+
+def fc_candidates(workload: SparseFcWorkload, target: Target, budget: int = 24,
+                  seed: int = 0) -> list[SparseFcPlan]:
+    """At most `budget` distinct valid plans for a pruned FC run row by row: the default first,
+    then neighbours of the default (one knob changed) and a sample of the whole space, chosen
+    deterministically from `seed`. Rows of X go in the default's blocks (tuning times one image;
+    the blocks only matter for batches)."""
+    default = choose_fc_plan(workload, target)
+    if budget <= 1:
+        return [default]
+    axes = {
+        "vector_width": [v for v in (4, 8, 16) if v <= target.vector_width],
+        "accumulators": list(FC_ACCUMULATORS),
+        "prefetch_bytes": list(FC_PREFETCH_BYTES),
+        "scalar_loads": [False, True],
+        "column_block": [0, *(column_block_width(workload.in_features, b) for b in FC_SLICE_BYTES)],
+    }
+    axes = {name: sorted(set(values) | {getattr(default, name)}) for name, values in axes.items()}
+    near = [replace(default, **{name: value}) for name, values in axes.items()
+            for value in values if value != getattr(default, name)]
+    wide = [replace(default, **dict(zip(axes, values)))
+            for values in itertools.product(*axes.values())]
+    seen = {default}
+    near, wide = _distinct_fc(near, seen, workload), _distinct_fc(wide, seen, workload)
+    rng = random.Random(seed * 1_000_003 + zlib.crc32(repr(workload).encode()))
+    rng.shuffle(near)
+    rng.shuffle(wide)
+    room = budget - 1
+    take_near = min(len(near), max(room - len(wide), (room + 1) // 2))
+    return [default, *near[:take_near], *wide[:room - take_near]]
+
+
+def _distinct_fc(plans, seen: set[SparseFcPlan], workload: SparseFcWorkload) -> list[SparseFcPlan]:
+    """Plans not seen yet, each with the narrowest column index its blocks allow."""
+    out = []
+    for plan in plans:
+        plan = replace(plan, index_bits=index_bits_for(plan.block_width(workload.in_features)))
+        if plan not in seen:
+            seen.add(plan)
             out.append(plan)
     return out

@@ -1,4 +1,4 @@
-"""Small conv layers (specs as lowering makes them) for the autotuner's tests."""
+"""Small conv and pruned FC layers (specs as lowering makes them) for the autotuner's tests."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import numpy as np
 
 from sparsejit import targets
 from sparsejit.conv_layer import ConvSpec
+from sparsejit.fc_layer import FcSpec
 from sparsejit.kernels.direct_conv import ConvWorkload, Epilogue
 from sparsejit.kernels.layout import Layout
+from sparsejit.kernels.sparse_fc import SparseFcWorkload
 
 HOST = targets.get("host")
 
@@ -34,3 +36,14 @@ def make_spec(wl: ConvWorkload, density: float = 0.3, seed: int = 0, activation:
 SPARSE_3X3 = ConvWorkload(40, 9, 20, 12, (3, 3), pads=(1, 1, 1, 1))
 STRIDED = ConvWorkload(6, 11, 13, 8, (3, 3), strides=(2, 2), pads=(1, 1, 1, 1))
 GROUPED = ConvWorkload(8, 7, 9, 8, (3, 3), pads=(1, 1, 1, 1), group=2)
+
+
+def make_fc_spec(in_features: int = 300, out_features: int = 37, density: float = 0.2,
+                 seed: int = 0, activation: str = "relu") -> FcSpec:
+    """A pruned FC layer as lowering makes it for the row kernel."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((out_features, in_features)).astype(np.float32)
+    w *= rng.random(w.shape) < density
+    bias = rng.standard_normal(out_features).astype(np.float32)
+    return FcSpec("fc", SparseFcWorkload(in_features, out_features), w, bias,
+                  Epilogue(activation, 0.1))

@@ -7,15 +7,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import helper as oh
 
 import sparsejit
 from sparsejit import conv_layer
 from sparsejit.errors import InputError
 from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import DirectConvPlan
+from sparsejit.kernels.sparse_fc import SparseFcPlan
 from sparsejit.tune import log
-from tests.onnx_helpers import run_ort
+from tests.onnx_helpers import make_model, run_ort
 from tests.test_cli import fails_cleanly, ok, sparsejit_cli
 from tests.tolerances import assert_close
 
@@ -209,3 +212,59 @@ def test_cli_autotune(tiny_path, tmp_path):
     assert len(log.read(path)) == 6 + 2 * 2
     fails_cleanly(sparsejit_cli("autotune", tiny_path, "--layers", "pool4", "--log", path),
                   "pool4", "conv3")
+
+
+@pytest.fixture(scope="module")
+def fc_model() -> onnx.ModelProto:
+    """A pruned conv, then two pruned FCs (the first with a Relu): the row kernel's layers."""
+    rng = np.random.default_rng(3)
+
+    def pruned(shape, density):
+        w = rng.standard_normal(shape).astype(np.float32)
+        return w * (rng.random(shape) < density)
+
+    nodes = [oh.make_node("Conv", ["data", "wc"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["c"], ["r"], name="relu"),
+             oh.make_node("Flatten", ["r"], ["f"], name="flatten"),
+             oh.make_node("Gemm", ["f", "w1", "b1"], ["g1"], name="fc1", transB=1),
+             oh.make_node("Relu", ["g1"], ["h"], name="relu1"),
+             oh.make_node("Gemm", ["h", "w2", "b2"], ["out"], name="fc2", transB=1)]
+    consts = {"wc": pruned((8, 3, 3, 3), 0.4), "w1": pruned((96, 512), 0.15),
+              "b1": rng.standard_normal(96).astype(np.float32), "w2": pruned((10, 96), 0.3),
+              "b2": rng.standard_normal(10).astype(np.float32)}
+    return make_model(nodes, {"data": ((1, 3, 8, 8), np.float32)}, ["out"], consts)
+
+
+def test_pruned_fc_layers_are_tuned_logged_and_used(fc_model, tmp_path, monkeypatch):
+    """autotune() searches the pruned FCs' row-kernel plans beside the convs, logs them under
+    an FC workload key (timed on one thread whatever `threads` says), and compile() picks the
+    fastest up; an explicit plan still wins; the answers match onnxruntime."""
+    path = tmp_path / "fc.jsonl"
+    results = sparsejit.autotune(fc_model, budget=3, repeats=3, time_bound=1.0, threads=2,
+                                 log_path=path, progress=False, finalists=1, rounds=2)
+    assert list(results) == ["conv", "fc1", "fc2"]
+    untuned = sparsejit.compile(fc_model)
+    for name in ("fc1", "fc2"):
+        r = results[name]
+        assert isinstance(r.plan, SparseFcPlan) and r.speedup > 0
+        assert [m.status for m in r.results] == ["ok"] * 3, [m.error for m in r.results]
+        info = layer(untuned, name)
+        assert info.kernel == f"sparse-fc {r.results[0].plan.variant()}"  # the default first
+        mine = [rec for rec in log.read(path) if rec["layer"] == name]
+        assert {rec["workload_key"] for rec in mine} == {info.workload_key}
+        assert all(rec["threads"] == 1 for rec in mine)
+        assert info.workload_key != layer(untuned, "conv").workload_key
+    monkeypatch.setenv("SPARSEJIT_TUNING_LOG", str(path))
+    x = np.random.default_rng(9).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    for threads in (1, 2):
+        cm = sparsejit.compile(fc_model, threads=threads)
+        for name in ("fc1", "fc2"):
+            info = layer(cm, name)
+            best = SparseFcPlan(**log.best(info.workload_key, HOST))
+            assert info.tuned and info.kernel == f"sparse-fc {best.variant()} (tuned)"
+            assert best == results[name].plan
+        assert_close(cm(x), run_ort(fc_model, {"data": x})[0], what="pruned FCs with tuned plans")
+        cm.close()
+    explicit = sparsejit.compile(fc_model, plans={"fc1": {"accumulators": 1}})
+    assert not layer(explicit, "fc1").tuned and layer(explicit, "fc2").tuned
+    assert "_a1_" in layer(explicit, "fc1").kernel

@@ -7,14 +7,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from sparsejit import conv_layer
+from sparsejit import conv_layer, fc_layer
 from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import ConvWorkload
 from sparsejit.tune import measure as measure_mod
-from sparsejit.tune.measure import measure
-from sparsejit.tune.space import candidates
+from sparsejit.kernels.sparse_fc import choose_plan as choose_fc_plan
+from sparsejit.tune.measure import measure, measure_fc
+from sparsejit.tune.space import candidates, fc_candidates
 
-from .layers import GROUPED, HOST, SPARSE_3X3, STRIDED, make_spec
+from .layers import GROUPED, HOST, SPARSE_3X3, STRIDED, make_fc_spec, make_spec
 
 
 @pytest.mark.parametrize("wl, density, activation", [
@@ -154,3 +155,42 @@ def test_a_packed_input_is_copied_by_the_repack_kernel_before_each_call(monkeypa
         assert len(repacks) == len(convs) and len(set(repacks)) == 1 and len(set(convs)) == 1
         assert repacks[0] != convs[0]
         assert (rows[0::2, 2] == rows[1::2, 1]).all()  # the repack writes what the conv reads
+
+
+@pytest.mark.parametrize("in_features, density, activation", [
+    (300, 0.2, "relu"), (1000, 0.05, "clip"), (70, 1.0, "leaky_relu"), (64, 0.0, "none")])
+def test_every_fc_candidate_verifies(in_features, density, activation):
+    """A pruned FC's candidates (chunk widths, accumulators, prefetch, loads, column blocks)
+    each compile, match the reference and are timed."""
+    spec = make_fc_spec(in_features, 37, density, activation=activation)
+    for plan in fc_candidates(spec.workload, HOST, budget=8):
+        r = measure_fc(spec, plan, HOST, repeats=3)
+        assert r.status == "ok", (plan, r.error)
+        assert r.median_s > 0 and len(r.times) == 3
+
+
+def test_a_wrong_fc_kernel_is_caught(monkeypatch):
+    real = fc_layer.build_tables
+
+    def corrupted(weight, plan):
+        tables = real(weight, plan)
+        chunk = plan.chunk_bytes()
+        weights = tables.table.reshape(-1, chunk)[:, plan.vector_width * plan.index_bits // 8:]
+        weights.view(np.float32)[len(weights) // 2, 0] += 1.0  # one weight off by one
+        return tables
+
+    monkeypatch.setattr(fc_layer, "build_tables", corrupted)
+    spec = make_fc_spec(300, 37, 0.3, activation="none")
+    r = measure_fc(spec, choose_fc_plan(spec.workload, HOST), HOST, repeats=3)
+    assert r.status == "wrong" and "max error" in r.error and r.times == []
+
+
+def test_an_fc_plan_that_cannot_hold_the_layer_is_an_error_and_the_time_bound_holds():
+    spec = make_fc_spec(70_000, 4, 0.01)
+    one_block = replace(choose_fc_plan(spec.workload, HOST), column_block=0, index_bits=16)
+    r = measure_fc(spec, one_block, HOST)
+    assert r.status == "error" and "65536" in r.error
+    plan = choose_fc_plan(spec.workload, HOST)
+    assert measure_fc(spec, plan, HOST, repeats=1000, time_bound=1e-9).status == "timeout"
+    r = measure_fc(spec, plan, HOST, repeats=1_000_000, time_bound=0.05)
+    assert r.status == "ok" and 3 <= len(r.times) < 1_000_000

@@ -9,7 +9,8 @@ import pytest
 from sparsejit import targets
 from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import ConvWorkload
-from sparsejit.tune.space import candidates
+from sparsejit.kernels.sparse_fc import SparseFcWorkload, choose_plan, index_bits_for
+from sparsejit.tune.space import FC_ACCUMULATORS, FC_PREFETCH_BYTES, candidates, fc_candidates
 
 from .layers import GROUPED, SPARSE_3X3, STRIDED, weights
 
@@ -131,3 +132,32 @@ def test_shifted_sums_are_searched_where_they_fit_the_producers_layout():
     assert not any(p.aligned_copies for p in flat_plans)
     assert all(shifted_sums_misfit(flat, odd, p) is None for p in flat_plans if p.shifted_sums)
     assert any(p.shifted_sums for p in flat_plans)
+
+
+@pytest.mark.parametrize("target_name", ["sse", "avx2", "avx512"])
+@pytest.mark.parametrize("in_features", [300, 9216, 70_000])
+def test_fc_candidates_are_distinct_valid_plans_default_first(in_features, target_name):
+    """A pruned FC's space: the default first, then distinct plans of chunk widths the target
+    has, each with the narrowest column index its blocks allow; deterministic; within budget."""
+    tgt = targets.get(target_name)
+    wl = SparseFcWorkload(in_features, 40)
+    plans = fc_candidates(wl, tgt, budget=30)
+    assert plans[0] == choose_plan(wl, tgt) and len(plans) == len(set(plans)) <= 30
+    assert plans == fc_candidates(wl, tgt, budget=30)
+    for plan in plans:
+        assert plan.vector_width <= tgt.vector_width
+        assert plan.index_bits == index_bits_for(plan.block_width(in_features))
+        assert plan.batch_block == plans[0].batch_block
+    assert fc_candidates(wl, tgt, budget=1) == plans[:1]
+
+
+def test_the_fc_space_covers_every_knob():
+    """With room for all of it, every value of every FC knob is tried (one knob changed from
+    the default), column blocks among them for inputs wider than the smallest slice."""
+    wl = SparseFcWorkload(9216, 40)
+    plans = fc_candidates(wl, targets.get("avx512"), budget=10_000)
+    assert {p.vector_width for p in plans} == {4, 8, 16}
+    assert {p.accumulators for p in plans} == set(FC_ACCUMULATORS)
+    assert {p.prefetch_bytes for p in plans} == set(FC_PREFETCH_BYTES)
+    assert {p.scalar_loads for p in plans} == {False, True}
+    assert {p.column_blocks(9216) for p in plans} == {1, 2, 3, 5}
