@@ -23,6 +23,7 @@ import ctypes
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -253,13 +254,12 @@ def measure_fc(spec: FcSpec, plan: SparseFcPlan, target: Target, repeats: int = 
     if problem is not None:
         return Measurement(plan, "wrong", error=problem, compile_s=compile_s)
     evict = _eviction_buffer()
-    times: list[float] = []
-    spent = first
-    while len(times) < repeats and spent <= time_bound:
-        begin = time.perf_counter()
-        evict += 1.0  # every line of it written: the table's lines leave every cache level
-        times.append(run())
-        spent += time.perf_counter() - begin
+
+    def evicted_run(_calls: int) -> float:
+        evict[...] += 1.0  # every line of it written: the table's lines leave every cache level
+        return run()
+
+    times = _time(evicted_run, repeats, 1, time_bound - first)
     if len(times) < min(MIN_SAMPLES, repeats):
         return Measurement(plan, "timeout", times=times, compile_s=compile_s,
                            error=f"{len(times)} timed samples within the {time_bound:g} s bound")
@@ -273,7 +273,7 @@ def _eviction_buffer() -> np.ndarray:
     if _evict_buffer is None:
         size = EVICT_MIN_BYTES
         try:
-            text = open("/sys/devices/system/cpu/cpu0/cache/index3/size").read().strip().upper()
+            text = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().upper()
             scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
             size = max(size, 2 * int(text.rstrip("KMG")) * scale)
         except (OSError, ValueError):
