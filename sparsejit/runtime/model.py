@@ -20,6 +20,7 @@ from ..errors import InputError, SparseJitError
 from ..graph.ir import Graph
 from ..targets import Target
 from .schedule import NativeRun, build_table, run_native
+from .workers import ResidentWorkers
 from .steps import Arena
 
 
@@ -47,6 +48,8 @@ class CompiledModel:
         self._free: dict[int, list[Arena]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(threads) if threads > 1 and self._runnable else None
+        # driver calls on several threads go to resident workers; the pool runs the rest
+        self._workers = ResidentWorkers(threads, target) if self._pool is not None else None
         self._inspection = None  # the last lowered() program
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -170,7 +173,9 @@ class CompiledModel:
                         if table is None:
                             table = arena.tables[index, threads] = build_table(item, arena, threads)
                         table.reset_ticks()
-                        run_native(prog.driver, table, self._pool)
+                        workers = self._workers
+                        if workers is None or not workers.run(prog.driver, table):
+                            run_native(prog.driver, table, self._pool)
                         if times is not None:
                             _spread(times, item, table, time.perf_counter() - start)
                         for tensor in item.written:
@@ -268,6 +273,9 @@ class CompiledModel:
         self._inspection = None
         if self._pool is not None:
             pool, self._pool = self._pool, None
+            workers, self._workers = self._workers, None
+            if workers is not None:
+                workers.close()
             pool.shutdown(wait=False)
 
     def __repr__(self) -> str:
