@@ -155,6 +155,13 @@ class CompiledModel:
             self._run(feeds, samples)
         return {k: float(np.median(v)) for k, v in samples.items()}
 
+    def drive(self, driver, table) -> None:
+        """One driver call over `table`: on the resident workers, else (another call holds them,
+        or closed) on the thread pool, else on the calling thread."""
+        workers = self._workers
+        if workers is None or not workers.run(driver, table):
+            run_native(driver, table, self._pool)
+
     def _run(self, feeds: dict[str, Any], times: dict[str, list[float]] | None):
         """Run the program; with `times`, collect each layer's seconds."""
         if not self._runnable:
@@ -173,9 +180,7 @@ class CompiledModel:
                         if table is None:
                             table = arena.tables[index, threads] = build_table(item, arena, threads)
                         table.reset_ticks()
-                        workers = self._workers
-                        if workers is None or not workers.run(prog.driver, table):
-                            run_native(prog.driver, table, self._pool)
+                        self.drive(prog.driver, table)
                         if times is not None:
                             _spread(times, item, table, time.perf_counter() - start)
                         for tensor in item.written:
