@@ -462,6 +462,53 @@ def test_blocks_inside_tiles_prefetch_the_next_blocks_cells():
                      target, seed=5)
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+def test_passes_inside_whole_row_tiles_prefetch_the_next_tiles_input(shifted, monkeypatch):
+    """Over inputs past NEXT_TILE_INPUT_MIN_BYTES (forced to 0 here), a kernel with its passes
+    inside tiles of whole rows has each block fetch its share of the next tile's new input rows
+    of the pass (the last tile's point past the image: the harness checks the answer against
+    guard pages); not with blocks outside tiles, one pass, or tiles narrower than a row."""
+    from sparsejit.codegen import direct_conv as codegen
+    from sparsejit.kernels.direct_conv import Epilogue, build_pattern, tiles
+
+    monkeypatch.setattr(codegen, "NEXT_TILE_INPUT_MIN_BYTES", 0)
+    wl = ConvWorkload(8, 7, 13, 6, (3, 3), pads=(1, 1, 1, 1))
+    w = np.random.default_rng(4).standard_normal((6, 8, 3, 3)).astype(np.float32)
+    layout = Layout.padded(8, 7, 13, (1, 1, 1, 1), align=16)
+    out = Layout.padded(6, 7, 13, (1, 1, 1, 1), align=16)
+
+    def next_tile(order="tile_chunk_block", chunk=4, cb=1):
+        plan = DirectConvPlan(form="table", vector_width=16, rows_per_tile=2, vectors_per_row=cb,
+                              channel_chunk=chunk, loop_order=order)
+        pattern = build_pattern(w, wl, layout, plan)
+        ir = codegen.render_direct_conv("t", wl, plan, pattern, np.zeros(6, np.float32),
+                                        Epilogue(), layout, out, "avx512")
+        found = codegen.next_tile_input(wl, plan, pattern, layout, out)
+        assert (found is not None) == ("%nt.line" in ir)
+        return found
+
+    found = next_tile()
+    # 4 channels x 2 new rows x 4 lines (a row's 18 floats and a vector: 34, from any lane)
+    assert (found.lines, found.rows, found.row_lines) == (32, 2, 4)
+    assert found.skip == 4 * layout.row_stride and found.chunk == 4
+    assert next_tile("tile_block") is None and next_tile(chunk=0) is None
+    narrow = ConvWorkload(8, 7, 40, 6, (3, 3), pads=(1, 1, 1, 1))
+    plan = DirectConvPlan(form="table", vector_width=16, rows_per_tile=2, vectors_per_row=1,
+                          channel_chunk=4, loop_order="tile_chunk_block")
+    wide = Layout.padded(8, 7, 40, (1, 1, 1, 1), align=16)
+    assert codegen.next_tile_input(narrow, plan, build_pattern(w, narrow, wide, plan), wide,
+                                   Layout.padded(6, 7, 40, (1, 1, 1, 1), align=16)) is None
+    for target in TARGETS:
+        case = ConvCase(8, 7, 13, 6, (3, 3), pads=(1, 1, 1, 1), density=0.4, batch=2,
+                        plan=dict(form="table", loop_order="tile_chunk_block", channel_chunk=4,
+                                  rows_per_tile=2, vectors_per_row=-(-13 // WIDTHS[target]),
+                                  shifted_sums=False))
+        if shifted:
+            case = _framed(case, target, channel_chunk=4, loop_order="tile_chunk_block")
+        ran = run_case(case, target, seed=9)
+        assert ran.shifted_sums == shifted and tiles(case.workload(), ran) == (4, 1)
+
+
 def _framed(case: ConvCase, target: str, rows: int = 2, **plan) -> ConvCase:
     """`case` with shifted sums and tiles holding its rows whole, with lanes to spare for the
     frames of its column shifts and of the lead of an input whose pads exceed the conv's."""
