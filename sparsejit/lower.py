@@ -550,13 +550,13 @@ class _Builder:
             if tuned is not None:
                 try:
                     plan = select.choose_conv(spec.workload, spec.weight, tgt, tuned, name,
-                                              spec.in_layout)
+                                              spec.in_layout, self.threads or 1)
                     return render_conv(spec, plan, tgt), True
                 except ValueError as exc:  # InvalidPlanError is one
                     warnings.warn(f"sparsejit: layer '{name}': ignoring the tuned plan {tuned} "
                                   f"from the tuning log ({exc})", stacklevel=2)
         plan = select.choose_conv(spec.workload, spec.weight, tgt, self.overrides.get(name), name,
-                                  spec.in_layout)
+                                  spec.in_layout, self.threads or 1)
         try:
             return render_conv(spec, plan, tgt), False
         except InvalidPlanError:

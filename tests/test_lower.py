@@ -533,3 +533,18 @@ def test_rows_sharing_side_pads_serve_wider_and_dilated_kernels(batch):
     specs = {i.name: i.spec for i in cm.lowered().layers if i.spec is not None}
     lay = specs["c5x5"].in_layout
     assert lay.pad_left == 0 and lay.row_stride == size + 2, lay
+
+
+def test_a_large_pointwise_conv_on_two_threads_splits_its_tiles():
+    """compile(threads=2) gives a 1x1 conv over a 56 x 56 map a plan split by output tiles
+    (kernels/select.py: default_split), with onnxruntime's answer; on one thread, by blocks."""
+    rng = np.random.default_rng(56)
+    x = rng.standard_normal((1, 24, 56, 56)).astype(np.float32)
+    nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], name="pw"),
+             oh.make_node("Relu", ["a"], ["b"], name="r"),
+             oh.make_node("Conv", ["b", "w1"], ["y"], name="c3", pads=[1, 1, 1, 1])]
+    consts = {"w0": _sparse(rng, (40, 24, 1, 1), 0.2), "w1": _sparse(rng, (8, 40, 3, 3), 0.2)}
+    model = make_model(nodes, {"x": x}, ["y"], consts)
+    two = kinds(compiled_and_checked(model, {"x": x}, threads=2))
+    assert two["pw"].endswith("_st") and not two["c3"].endswith("_st")
+    assert not kinds(sparsejit.compile(model, threads=1))["pw"].endswith("_st")

@@ -317,13 +317,36 @@ def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, bu
     return next(tile for tile, c in zip(tiles, channels) if c >= enough)
 
 
+# On several threads, a pointwise conv over a large map splits its output tiles between them, not
+# its channel blocks. By blocks every thread reads the whole input (ResNet-50's 56 x 56 x 256:
+# 3.2 MB, more than an L2, so from L3 by both) and writes a share of channel planes the next
+# layer's threads read across the whole; by tiles each reads and writes its own band of rows
+# (a 1x1 tile reads no halo). AMD Zen 4, 2 threads, ResNet-50 at batch 1, two compiled models
+# alternated in blocks of 20 calls: its 56 x 56 conv3s (64 -> 256) 1.5x, conv1s (256 -> 64)
+# 1.1-1.2x, layer2.0.conv1 1.15x; the network 1.002-1.025x when the VM's two vCPUs scale well
+# (10-10.6 ms), 1.12-1.15x when they do not (16-18 ms; in that mode, it seems, what one thread
+# reads of the other's output costs most); GoogLeNet 1.011x, ResNet-50 at batch 8 1.003x. Also 28 x 28 ones: 1.02-1.035x
+# more in the slow mode, but 0.97x for their conv1s in the fast one and 0.70x for the merged
+# conv3 + downsample (not taken). 3x3 convs by tiles run slower (README, Performance).
+TILES_SPLIT_MIN_POSITIONS = 56 * 56
+
+
+def default_split(workload: ConvWorkload, threads: int) -> str:
+    """What threads divide by default: a large pointwise conv's tiles, else channel blocks."""
+    if (threads > 1 and workload.kernel == (1, 1) and workload.strides == (1, 1)
+            and workload.out_height * workload.out_width >= TILES_SPLIT_MIN_POSITIONS):
+        return "tiles"
+    return "blocks"
+
+
 def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                 override: dict | None = None, layer: str = "",
-                in_layout: Layout | None = None) -> DirectConvPlan:
-    """The default direct-conv plan for this layer on this target, with `override` applied.
-    Given the layout its producer writes (`in_layout`), a sparse table plan also sums in
-    shifted frames where its tiles allow (`with_shifted_sums`), or takes whole rows a vector
-    wider for them (`_framed_tile`), unless `override` says (shifted_sums, or a tile)."""
+                in_layout: Layout | None = None, threads: int = 1) -> DirectConvPlan:
+    """The default direct-conv plan for this layer on this target and number of threads, with
+    `override` applied. Given the layout its producer writes (`in_layout`), a sparse table plan
+    also sums in shifted frames where its tiles allow (`with_shifted_sums`), or takes whole
+    rows a vector wider for them (`_framed_tile`), unless `override` says (shifted_sums, or a
+    tile)."""
     v = target.vector_width
     nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
@@ -346,7 +369,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         rb, cb = _sparse_tile(workload, weight_density, vectors, budget, v)
         rb = pointwise_column_rows(workload, rb, cb, vectors)
     plan = _tile_plan(workload, weight_density, nonzeros, dense, first_conv is not None, mb, rb, cb, v)
-    plan = apply_override(plan, override, layer)
+    plan = apply_override(replace(plan, split=default_split(workload, threads)), override, layer)
     override = override or {}
     if dense or in_layout is None or "shifted_sums" in override:
         return plan
@@ -354,6 +377,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     def reframed(tile: tuple[int, int], chunk: int | None = None) -> DirectConvPlan:
         """The sparse plan of `tile` (passes of `chunk` channels), in frames where it can be."""
         other = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *tile, v)
+        other = replace(other, split=default_split(workload, threads))
         if chunk is not None:
             other = replace(other, channel_chunk=chunk)
         return with_shifted_sums(workload, apply_override(other, override, layer), in_layout)

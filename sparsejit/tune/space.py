@@ -75,7 +75,7 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
     `threads`: what the plans will be timed on (the split between threads is a knob only
     when there are several); `in_layout`: the producer's layout of the input (without it,
     no plan sums in shifted frames, which must fit it)."""
-    default = select.choose_conv(workload, weight, target, in_layout=in_layout)
+    default = select.choose_conv(workload, weight, target, in_layout=in_layout, threads=threads)
     if budget <= 1:
         return [default]
     layer = _layer(workload, weight, target, in_layout)

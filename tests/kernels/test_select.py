@@ -336,3 +336,26 @@ def test_dense_layers_visit_every_channel_block_per_tile():
     assert plan.loop_order == "tile_block"
     first = ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3))
     assert select.choose_conv(first, np.ones((64, 3, 7, 7), np.float32), host).loop_order == "block_tile"
+
+
+def test_large_pointwise_convs_split_their_tiles_between_threads():
+    """On several threads a 1x1 conv over a map of TILES_SPLIT_MIN_POSITIONS or more splits
+    its output tiles, anything else (one thread, 3x3, strided, smaller maps) its channel
+    blocks; an override of the split wins."""
+    avx512 = targets.get("avx512")
+    big = ConvWorkload(256, 56, 56, 64, (1, 1))
+    plan = select.choose_conv(big, _weight(big, 0.1), avx512, threads=2)
+    assert plan.split == "tiles"
+    assert select.choose_conv(big, _weight(big, 0.1), avx512).split == "blocks"
+    assert select.choose_conv(big, _weight(big, 0.1), avx512, {"split": "blocks"},
+                              threads=2).split == "blocks"
+    # the rest of the plan is the one-thread plan's
+    assert replace(plan, split="blocks") == select.choose_conv(big, _weight(big, 0.1), avx512)
+    for wl in (ConvWorkload(512, 28, 28, 128, (1, 1)),
+               ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)),
+               ConvWorkload(256, 112, 112, 64, (1, 1), strides=(2, 2))):
+        assert select.choose_conv(wl, _weight(wl, 0.1), avx512, threads=2).split == "blocks", wl
+    # with the producer's layout (shifted sums considered) too
+    produced = Layout.padded(256, 56, 56, align=16)
+    assert select.choose_conv(big, _weight(big, 0.1), avx512, in_layout=produced,
+                              threads=2).split == "tiles"
