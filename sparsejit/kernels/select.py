@@ -325,9 +325,9 @@ def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, bu
 # alternated in blocks of 20 calls: its 56 x 56 conv3s (64 -> 256) 1.5x, conv1s (256 -> 64)
 # 1.1-1.2x, layer2.0.conv1 1.15x; the network 1.002-1.025x when the VM's two vCPUs scale well
 # (10-10.6 ms), 1.12-1.15x when they do not (16-18 ms; in that mode, it seems, what one thread
-# reads of the other's output costs most); GoogLeNet 1.011x, ResNet-50 at batch 8 1.003x. Also 28 x 28 ones: 1.02-1.035x
-# more in the slow mode, but 0.97x for their conv1s in the fast one and 0.70x for the merged
-# conv3 + downsample (not taken). 3x3 convs by tiles run slower (README, Performance).
+# reads of the other's output costs most); GoogLeNet 1.011x, ResNet-50 at batch 8 1.003x. The
+# 28 x 28 ones too: 1.02-1.035x more in the slow mode, but their conv1s 0.97x in the fast one
+# and the merged conv3 + downsample 0.70x (not taken). 3x3 convs by tiles run slower (README).
 TILES_SPLIT_MIN_POSITIONS = 56 * 56
 
 
