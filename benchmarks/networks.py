@@ -1,6 +1,9 @@
 """Whole-network benchmark: the built-in pruned models run end to end by sparsejit and by
 onnxruntime (which runs the same pruned ONNX dense), in the same process and run. Prints ms per
 inference, images/s, compile time and speedups; writes benchmarks/results/networks-*.json.
+On several threads each row also shows how far apart CPUs 0 and 1 were just before and after
+its timing (one-way cache-line handoff, benchmarks/handoff.py): on a VM whose vCPUs move
+between core complexes it tells which placement a row ran in.
 
     python benchmarks/networks.py --models caffenet,resnet50 --threads 1 --batch 1
     python benchmarks/networks.py --models caffenet --deepsparse   # + DeepSparse (its own venv)
@@ -41,6 +44,7 @@ def main() -> None:
 def run(args) -> None:
     import numpy as np
     from common import deepsparse_time, interleaved_medians, machine, median_seconds, save, table
+    from handoff import handoff_ns
 
     import sparsejit
     from sparsejit import models
@@ -53,6 +57,7 @@ def run(args) -> None:
         ["model", "sparsity", "compile s", "sparsejit ms", "overhead", "img/s", "ort ms", "vs ort"]
         + (["deepsparse ms", "vs deepsparse"] if args.deepsparse else [])
         + ["max rel err"]
+        + (["handoff ns"] if args.threads > 1 else [])
     ]
     results = []
     for name in args.models.split(","):
@@ -70,8 +75,12 @@ def run(args) -> None:
         peers = {"sparsejit": lambda: cm(x)}
         if sess is not None:
             peers["ort"] = lambda: sess.run(None, {"data": x})
+        # the vCPUs' distance before and after (this VM: ~30 ns sharing an L3, ~165 apart)
+        handoff = [handoff_ns()] if args.threads > 1 else []
         # one thread: alternate call by call (no peer leaves worker threads spinning)
         medians = interleaved_medians(peers, args.repeats, per_call=args.threads == 1)
+        if handoff:
+            handoff.append(handoff_ns())
         t_sj = medians["sparsejit"]
         overhead = framework_overhead(cm, x, args.repeats)
         entry = {
@@ -83,6 +92,8 @@ def run(args) -> None:
             "sparsejit_s": t_sj,
             "overhead": overhead,
         }
+        if handoff:
+            entry["handoff_ns"] = handoff
         t_ort, err = float("nan"), float("nan")
         if sess is not None:
             y_ort = sess.run(None, {"data": x})[0]
@@ -111,6 +122,7 @@ def run(args) -> None:
             ]
             + ds_cols
             + [f"{err:.1e}"]
+            + (["/".join(f"{h:.0f}" for h in handoff)] if handoff else [])
         )
         results.append(entry)
         cm.close()
