@@ -368,16 +368,17 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         mb = 1
         rb, cb = _sparse_tile(workload, weight_density, vectors, budget, v)
         rb = pointwise_column_rows(workload, rb, cb, vectors)
-    plan = _tile_plan(workload, weight_density, nonzeros, dense, first_conv is not None, mb, rb, cb, v)
-    plan = apply_override(replace(plan, split=default_split(workload, threads)), override, layer)
+    split = default_split(workload, threads)
+    plan = _tile_plan(workload, weight_density, nonzeros, dense, first_conv is not None, mb, rb, cb, v,
+                      split)
+    plan = apply_override(plan, override, layer)
     override = override or {}
     if dense or in_layout is None or "shifted_sums" in override:
         return plan
 
     def reframed(tile: tuple[int, int], chunk: int | None = None) -> DirectConvPlan:
         """The sparse plan of `tile` (passes of `chunk` channels), in frames where it can be."""
-        other = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *tile, v)
-        other = replace(other, split=default_split(workload, threads))
+        other = _tile_plan(workload, weight_density, nonzeros, False, False, 1, *tile, v, split)
         if chunk is not None:
             other = replace(other, channel_chunk=chunk)
         return with_shifted_sums(workload, apply_override(other, override, layer), in_layout)
@@ -397,9 +398,10 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
 
 
 def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, dense: bool,
-               first_conv: bool, mb: int, rb: int, cb: int, v: int) -> DirectConvPlan:
+               first_conv: bool, mb: int, rb: int, cb: int, v: int,
+               thread_split: str) -> DirectConvPlan:
     """The plan of a tile of rb x cb accumulators (and mb channels per block): its unroll,
-    passes and loop order, its form."""
+    passes and loop order, its form; threads divide it by `thread_split`."""
     cg = workload.in_channels // workload.group
     split = rb * cb * mb < 4
     unroll = 4 if split else 2
@@ -416,7 +418,7 @@ def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, den
         chunk, order = passes_in_tiles(workload, weight_density, rb, cb, v, chunk, order)
     plan = DirectConvPlan(form="table", vector_width=v, rows_per_tile=rb, vectors_per_row=cb,
                           channels_per_block=mb, unroll=unroll, split_accumulators=split,
-                          channel_chunk=chunk, loop_order=order)
+                          channel_chunk=chunk, loop_order=order, split=thread_split)
     # unrolled where its code stays small: sparse layers, and first convs with few taps (VGG-16
     # conv1_1, 27 taps: 2.01 -> 1.71 ms on Zen 4; 147- and 363-tap first convs do not fit)
     if (not dense or first_conv) and unrolled_fits(nonzeros, rb, cb):
