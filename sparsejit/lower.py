@@ -229,6 +229,7 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
     layouts = {}
     tensors = list(graph.inputs) + [o for n in order for o in n.outputs]
     narrow = narrow_map_pads(graph, order, tensors, pads, v)
+    flat_planes = pointwise_planes(graph, order, tensors, pads, narrow, v)
     # a channel Concat's output and inputs take one layout (the pads any of them needs, rows
     # aligned if any has them) so that the inputs can be written in place, into the output's
     # channels (`concat_parts_in_place`): GoogLeNet's inception outputs, which only pools read,
@@ -254,6 +255,9 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
             _, c, h, w = graph.value(t).static_shape()
             if t in narrow:
                 layouts[t] = Layout.padded(c, h, w, narrow[t])
+                continue
+            if t in flat_planes:
+                layouts[t] = Layout(c, h, w)
                 continue
             layouts[t] = Layout.padded(c, h, w, tuple(pads.get(t, (0, 0, 0, 0))),
                                        align=v if t in aligned else 1)
@@ -326,6 +330,56 @@ def narrow_map_pads(graph: Graph, order: list[Node], tensors: list[str],
     return narrow
 
 
+def pointwise_planes(graph: Graph, order: list[Node], tensors: list[str], pads: dict[str, list[int]],
+                     narrow: dict[str, tuple[int, ...]], v: int) -> set[str]:
+    """Tensors stored as plain NCHW planes because only pointwise convs read them (besides
+    strided convs and 1x1 pools (subsamples), which copy what they read, and fused residual
+    adds): each
+    such conv then runs its planes as one flat run of whole, aligned vectors (`flattened`), on
+    maps whose planes are whole vectors long and rows at least one (56 x 56 and 28 x 28, on 16
+    lanes: 196 and 49 vectors where rows rounded up to the vector take 224 and 56), storing
+    into a 3x3 conv's padded input through split stores where its output feeds one. A conv's
+    output and its fused residual are plain together or not at all (the flat run reads the
+    residual at its own positions), and a channel Concat's output and inputs (written in
+    place, as channel slices of the output: `concat_parts_in_place`) likewise. Not for
+    tensors a pool or a view reads, nor maps `narrow_map_pads` lays out."""
+    readers: dict[str, set[str]] = {}
+    together: list[set[str]] = []  # tensors plain together or not at all
+    for node in order:
+        kind = "other"
+        if conv_lowerable(graph, node):
+            wl = conv_workload(graph, node)
+            kind = ("pointwise" if is_pointwise(wl) else
+                    "packed" if wl.strides[1] != 1 or subsampled(wl) is not None else "conv")
+            if node.attrs.get("residual"):
+                together.append({node.outputs[0], node.attrs["residual"]})
+                readers.setdefault(node.attrs["residual"], set()).add("residual")
+        elif node.op in ("MaxPool", "AveragePool") and tuple(node.attrs.get("kernel_shape", ())) == (1, 1):
+            kind = "packed"  # a subsample (graph/merge.py) reads any layout alike
+        elif node.op == "Concat" and node.attrs.get("axis") in (1, -3) and len(node.outputs) == 1:
+            kind = "concat"
+            together.append({node.outputs[0], *node.inputs} - set(graph.inputs))
+        for t in node.inputs[:1] if kind not in ("other", "concat") else node.inputs:
+            readers.setdefault(t, set()).add(kind)
+    planes = set()
+    for t in tensors:
+        if (t in graph.inputs or t in narrow or any(pads.get(t, (0, 0, 0, 0)))
+                or not readers.get(t) or not _is_4d_activation(graph, t)
+                or not readers[t] <= {"pointwise", "packed", "residual", "concat"}):
+            continue
+        _, _, h, w = graph.value(t).static_shape()
+        if w >= v and (h * w) % v == 0:
+            planes.add(t)
+    changed = True
+    while changed:
+        changed = False
+        for members in together:
+            if planes & members and not members <= planes:
+                planes -= members
+                changed = True
+    return planes
+
+
 def compact_aligned_pads(height: int, width: int, v: int) -> tuple[int, int, int, int]:
     """Pads (0, 0, bottom, right) making an unpadded plane whole vectors long, for the
     shortest flat run over its rows, then the fewest floats: a 7 x 7 plane on 16 lanes as 8
@@ -388,14 +442,33 @@ def subsampled(wl: ConvWorkload) -> ConvWorkload | None:
                         group=wl.group)
 
 
-def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout):
+def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout, residual: Layout | None,
+              vector_width: int) -> tuple[ConvWorkload, Layout, Layout, Layout | None] | None:
     """A 1x1 conv over unpadded planes is a product over the whole plane: treat H x W as one row
-    of H*W pixels, so vectors run across row ends (a 7x7 map fills 4 vectors, not 7 at 7/16)."""
-    if not (is_pointwise(wl) and in_layout.is_plain and out_layout.is_plain):
+    of H*W pixels, so vectors run across row ends (a 7x7 map fills 4 vectors, not 7 at 7/16).
+    Returns (workload, input, output and residual layouts) or None. An output whose rows have
+    padding (a 3x3 conv reads it) takes each vector in the row or two it falls in
+    (direct_conv.split_output_rows): rows at least a vector wide, no residual."""
+    if not (is_pointwise(wl) and _rows_contiguous(in_layout)):
         return None
     plane = wl.height * wl.width
-    return (ConvWorkload(wl.in_channels, 1, plane, wl.out_channels, (1, 1), group=wl.group),
-            Layout(in_layout.channels, 1, plane), Layout(out_layout.channels, 1, plane))
+    flat = ConvWorkload(wl.in_channels, 1, plane, wl.out_channels, (1, 1), group=wl.group)
+    flat_in = Layout(in_layout.channels, 1, plane, image_step=in_layout.image_step)
+    layouts = [out_layout] + ([residual] if residual is not None else [])
+    if all(_rows_contiguous(lay) for lay in layouts):
+        flat_out, flat_res = (Layout(lay.channels, 1, plane, image_step=lay.image_step)
+                              if lay is not None else None for lay in (out_layout, residual))
+        return flat, flat_in, flat_out, flat_res
+    if (residual is None and out_layout.phases == 1 and out_layout.shifts == 1
+            and wl.width >= vector_width):
+        return flat, flat_in, out_layout, None
+    return None
+
+
+def _rows_contiguous(layout: Layout) -> bool:
+    """Are a layout's channel planes unpadded H x W floats (an image's channels may be a slice
+    of a wider tensor's)?"""
+    return layout.is_plain or (layout.image_step and replace(layout, image_step=0).is_plain)
 
 
 class _Builder:
@@ -453,11 +526,9 @@ class _Builder:
             self.scratch[src] = self.images(x) * planes.image_stride
             self.repack(src, node.op, x, src, in_layout, planes, 0)
             in_layout = planes.layout
-        flat = flattened(wl, in_layout, out_layout)
-        if flat is not None and (res_layout is None or res_layout.is_plain):
-            wl, in_layout, out_layout = flat
-            if res_layout is not None:
-                res_layout = Layout(res_layout.channels, 1, wl.width)
+        flat = flattened(wl, in_layout, out_layout, res_layout, self.target.vector_width)
+        if flat is not None:
+            wl, in_layout, out_layout, res_layout = flat
         wl = flat_if_it_pays(wl, in_layout, out_layout, res_layout, self.target.vector_width) or wl
         spec = ConvSpec(node.name, wl, weight, bias, _epilogue(node), in_layout, out_layout,
                         res_layout)
@@ -550,13 +621,13 @@ class _Builder:
             if tuned is not None:
                 try:
                     plan = select.choose_conv(spec.workload, spec.weight, tgt, tuned, name,
-                                              spec.in_layout, self.threads or 1)
+                                              spec.in_layout, self.threads or 1, spec.out_layout)
                     return render_conv(spec, plan, tgt), True
                 except ValueError as exc:  # InvalidPlanError is one
                     warnings.warn(f"sparsejit: layer '{name}': ignoring the tuned plan {tuned} "
                                   f"from the tuning log ({exc})", stacklevel=2)
         plan = select.choose_conv(spec.workload, spec.weight, tgt, self.overrides.get(name), name,
-                                  spec.in_layout, self.threads or 1)
+                                  spec.in_layout, self.threads or 1, spec.out_layout)
         try:
             return render_conv(spec, plan, tgt), False
         except InvalidPlanError:

@@ -331,7 +331,8 @@ def test_a_view_keeps_its_base_buffer_alive():
 
 def test_pointwise_conv_inputs_get_vector_aligned_rows_unless_viewed():
     """Rows of a tensor only 1x1 convs read are rounded up to the vector (so each load of the
-    conv is aligned), except a plain tensor a Flatten views (the view needs no copy)."""
+    conv is aligned) on maps whose planes are not whole vectors (else they are plain: see
+    the next test), except a plain tensor a Flatten views (the view needs no copy)."""
     from sparsejit import targets
     v = targets.host_target().vector_width
     size = 2 * v - 2  # not a multiple of the vector; rows nearly whole vectors: flat would not pay
@@ -349,6 +350,46 @@ def test_pointwise_conv_inputs_get_vector_aligned_rows_unless_viewed():
     assert layouts["p"].row_stride % v == 0 and layouts["c1"].row_stride % v == 0
     assert layouts["c2"].is_plain  # viewed by the Flatten
     assert kinds(cm)["flat"] == "view (no copy)"
+
+
+@pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("shape", ["square", "wide"])
+def test_a_bottleneck_keeps_pointwise_read_planes_plain(shape, batch, threads):
+    """A bottleneck block (1x1, 3x3, 1x1 with the block's input added) on a map whose planes
+    are whole vectors and rows at least one: the tensors only 1x1 convs read (the block's input,
+    the 3x3's output, the block's output) are plain, so each 1x1 conv runs one flat run per
+    plane; the first stores it into the 3x3 conv's padded rows (split stores), the last reads
+    and writes plain planes, its residual too."""
+    from sparsejit import targets
+    from sparsejit.kernels.direct_conv import split_output_rows
+    v = targets.host_target().vector_width
+    # (rows two vectors wide, less 4 floats: no flat 3x3 run would pay, `narrow_map_pads`)
+    height, width = (v, v) if shape == "square" else (4, 2 * v - 4)
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 8, height, width)).astype(np.float32)
+    consts = {"w1": _sparse(rng, (4, 8, 1, 1)), "w2": _sparse(rng, (4, 4, 3, 3)),
+              "w3": _sparse(rng, (8, 4, 1, 1)), "w4": _sparse(rng, (5, 8, 1, 1))}
+    nodes = [oh.make_node("Relu", ["x"], ["p"], name="in_relu"),
+             oh.make_node("Conv", ["p", "w1"], ["a0"], name="c1"),
+             oh.make_node("Relu", ["a0"], ["a"], name="r1"),
+             oh.make_node("Conv", ["a", "w2"], ["b0"], name="c2", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["b0"], ["b"], name="r2"),
+             oh.make_node("Conv", ["b", "w3"], ["c0"], name="c3"),
+             oh.make_node("Add", ["c0", "p"], ["c1s"], name="add"),
+             oh.make_node("Relu", ["c1s"], ["c"], name="r3"),
+             oh.make_node("Conv", ["c", "w4"], ["y"], name="c4")]
+    model = make_model(nodes, {"x": x}, ["y"], consts)
+    cm = compiled_and_checked(model, {"x": x}, threads=threads)
+    prog = cm.lowered()
+    assert all(prog.layouts[t].is_plain for t in ("p", "b", "c")), prog.layouts
+    assert not prog.layouts["a"].is_plain
+    specs = {info.name: info.spec for info in prog.layers if info.spec is not None}
+    first = specs["c1"]
+    assert first.workload.width == height * width and first.out_layout == prog.layouts["a"]
+    assert split_output_rows(first.workload, first.out_layout) == width
+    last = next(spec for name, spec in specs.items() if name.startswith("c3"))
+    assert last.workload.width == height * width and last.residual is not None
+    assert split_output_rows(last.workload, last.out_layout) == 0
 
 
 def _plane_case(kernel: int, stride: int, out: int, pads: int, density: float, seed: int):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, Pattern, origin,
-                                   shifted_sums_misfit, tails_into_padding, tiles)
+                                   shifted_sums_misfit, split_output_rows, tails_into_padding, tiles)
 from ..kernels.layout import Layout
 from .render import byte_string, float_list, float_literal, i32_list, render, splat, symbol
 
@@ -104,6 +104,9 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
     mb = plan.channels_per_block
     if plan.shifted_sums and (misfit := shifted_sums_misfit(workload, in_layout, plan)):
         raise ValueError(f"{layer}: {misfit}")  # its sums would be wrong, not slow
+    split_row = split_output_rows(workload, out_layout)
+    # a vector spans at most two output rows; the split stores know no residual
+    assert not split_row or (split_row >= v and residual is None), (layer, workload, out_layout)
     table = np.concatenate([pattern.offsets[:, None].astype(np.int32),
                             pattern.weights.view(np.int32)], axis=1)
     k = SimpleNamespace(
@@ -121,9 +124,11 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         # rows and positions per row the kernel tiles (a flat run: one row, see flat_rows)
         M=workload.out_channels, P=workload.tile_rows, Q=workload.tile_width, TY=ty, TX=tx,
         flat_stride=workload.flat_stride,
-        flat_stride_vec=splat(v, f"i64 {workload.flat_stride}"),
-        out_width_vec=splat(v, f"i64 {workload.out_width}"),
+        flat_stride_vec=splat(v, f"i32 {workload.flat_stride}"),
+        out_width_vec=splat(v, f"i32 {workload.out_width}"),
         tail_store=tails_into_padding(workload, out_layout, v),
+        split_row=split_row,
+        split_gap=out_layout.row_stride - split_row,
         in_img=in_layout.image_stride,
         in_tile_row=sh * in_layout.row_stride,
         in_origin=origin(workload, in_layout),
@@ -137,8 +142,9 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         out_ch=out_layout.channel_stride,
         out_row=out_layout.row_stride,
         out_origin=out_layout.interior_origin,
-        iota=", ".join(f"i64 {i}" for i in range(v)),
-        Qvec=splat(v, f"i64 {workload.tile_width}"),
+        iota=", ".join(f"i32 {i}" for i in range(v)),
+        # lane positions are i32: one compare per mask, not two (a plane is < 2**31 floats)
+        Qvec=splat(v, f"i32 {workload.tile_width}"),
         starts=i32_list(pattern.segment_start),
         NCH=pattern.chunks,
         order=plan.loop_order,

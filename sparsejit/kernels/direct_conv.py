@@ -309,8 +309,22 @@ def tails_into_padding(workload: ConvWorkload, out_layout: Layout, vector_width:
     last image up to pad_left floats past the image (`output_extent` counts them)."""
     if workload.flat_stride:
         return True
+    if split_output_rows(workload, out_layout):
+        return False
     return (out_layout.phases == 1 and out_layout.shifts == 1
             and round_up(workload.out_width, vector_width) <= out_layout.row_stride)
+
+
+def split_output_rows(workload: ConvWorkload, out_layout: Layout) -> int:
+    """Positions per output row when the kernel computes a flattened pointwise conv (one run of
+    H * W positions over a plain input, `lower.flattened`) into an output layout of H rows of
+    its own (padded for a 3x3 conv that reads it, say): W, each output vector stored into the
+    row it starts in and, past that row's end, the next one; 0 when the output's rows are the
+    workload's."""
+    if workload.flat_stride or workload.out_height != 1 or out_layout.height == 1:
+        return 0
+    assert out_layout.height * out_layout.width == workload.out_width, (workload, out_layout)
+    return out_layout.width
 
 
 def output_extent(workload: ConvWorkload, out_layout: Layout, vector_width: int) -> int:

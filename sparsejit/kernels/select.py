@@ -15,7 +15,7 @@ from ..arrays import count_nonzeros
 from ..errors import InvalidPlanError
 from ..targets import Target
 from .direct_conv import (ConvWorkload, DirectConvPlan, entry_frames, origin, packed_input, shifted_sums_misfit,
-                          tap_offsets)
+                          split_output_rows, tap_offsets)
 from .gemm import GemmPlan
 from .layout import Layout
 
@@ -341,12 +341,14 @@ def default_split(workload: ConvWorkload, threads: int) -> str:
 
 def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
                 override: dict | None = None, layer: str = "",
-                in_layout: Layout | None = None, threads: int = 1) -> DirectConvPlan:
+                in_layout: Layout | None = None, threads: int = 1,
+                out_layout: Layout | None = None) -> DirectConvPlan:
     """The default direct-conv plan for this layer on this target and number of threads, with
     `override` applied. Given the layout its producer writes (`in_layout`), a sparse table plan
     also sums in shifted frames where its tiles allow (`with_shifted_sums`), or takes whole
     rows a vector wider for them (`_framed_tile`), unless `override` says (shifted_sums, or a
-    tile)."""
+    tile). Given the output's (`out_layout`), a flat run storing into rows of their own runs
+    in one pass."""
     v = target.vector_width
     nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
@@ -371,6 +373,15 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     split = default_split(workload, threads)
     plan = _tile_plan(workload, weight_density, nonzeros, dense, first_conv is not None, mb, rb, cb, v,
                       split)
+    # A flat pointwise run that stores into a 3x3 conv's padded rows (kernels/direct_conv.py:
+    # split_output_rows) takes one pass: each further pass stores its partial sums and loads them
+    # back through the split (two masked loads per vector, misaligned; a branch and two masked
+    # stores where a vector crosses a row's end). AMD Zen 5, ResNet-50 (`tune.measure`, 3
+    # interleaved rounds): layer2.1.conv1 (28 x 28, 512 -> 128) 0.54-0.60 ms in 64-channel passes,
+    # 0.47-0.49 in one (0.47-0.50 into plain planes, the split's cost); layer1.1.conv1 (56 x 56,
+    # 256 -> 64) 0.497 -> 0.462 (0.447-0.450 into plain planes).
+    if out_layout is not None and split_output_rows(workload, out_layout):
+        plan = replace(plan, channel_chunk=0)
     plan = apply_override(plan, override, layer)
     override = override or {}
     if dense or in_layout is None or "shifted_sums" in override:

@@ -113,7 +113,7 @@ def _candidates(spec: Spec, target: Target, threads: int, budget: int) -> list[P
     if isinstance(spec, FcSpec):
         return space.fc_candidates(spec.workload, target, budget)
     return space.candidates(spec.workload, spec.weight, target, budget, threads=threads,
-                            in_layout=spec.in_layout)
+                            in_layout=spec.in_layout, out_layout=spec.out_layout)
 
 
 def _measure(spec: Spec, plan: Plan, target: Target, repeats: int, time_bound: float,

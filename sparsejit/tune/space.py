@@ -69,13 +69,16 @@ class _Knobs:
 
 def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budget: int = 24,
                seed: int = 0, threads: int = 1,
-               in_layout: Layout | None = None) -> list[DirectConvPlan]:
+               in_layout: Layout | None = None,
+               out_layout: Layout | None = None) -> list[DirectConvPlan]:
     """At most `budget` distinct valid plans for this layer: the default first, then neighbours
     of the default and a sample of the whole space, chosen deterministically from `seed`.
     `threads`: what the plans will be timed on (the split between threads is a knob only
     when there are several); `in_layout`: the producer's layout of the input (without it,
-    no plan sums in shifted frames, which must fit it)."""
-    default = select.choose_conv(workload, weight, target, in_layout=in_layout, threads=threads)
+    no plan sums in shifted frames, which must fit it); `out_layout`: the consumer's (the
+    default's passes depend on it)."""
+    default = select.choose_conv(workload, weight, target, in_layout=in_layout, threads=threads,
+                                 out_layout=out_layout)
     if budget <= 1:
         return [default]
     layer = _layer(workload, weight, target, in_layout)

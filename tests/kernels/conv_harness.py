@@ -26,8 +26,10 @@ from sparsejit.kernels.direct_conv import (
     output_extent,
     packed_input,
     parallel_units,
+    split_output_rows,
 )
 from sparsejit.kernels.layout import Layout
+from sparsejit.lower import flattened
 from sparsejit.kernels.reference import conv2d
 from sparsejit.runtime.steps import ConvFn
 
@@ -73,6 +75,9 @@ class ConvCase:
     residual: bool = False  # a fused Add: a tensor (in a layout of its own) added before the activation
     out_plain: bool = False  # the output is a plain NCHW array (no pads, no row alignment)
     flat: bool = False  # input, output and residual rows equally far apart: the kernel runs flat
+    # a pointwise conv over a plain input run as one row of H * W positions, its vectors stored
+    # into the output's padded rows (lower.flattened)
+    split: bool = False
 
     def workload(self) -> ConvWorkload:
         return ConvWorkload(self.in_channels, self.height, self.width, self.out_channels,
@@ -105,6 +110,8 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     v = tgt.vector_width
     if case.flat:
         return _run_flat_case(case, tgt, wl, w, bias, x, rng, seed)
+    if case.split:
+        return _run_split_case(case, tgt, wl, w, bias, x, rng, seed)
     # the producer's layout; the kernel reads it unless it packs a copy of its own (as lowering)
     pads = tuple(a + b for a, b in zip(case.pads, case.in_extra_pads))
     produced = Layout.padded(wl.in_channels, wl.height, wl.width, pads, align=v)
@@ -140,6 +147,23 @@ def _run_flat_case(case, tgt, wl, w, bias, x, rng, seed) -> DirectConvPlan:
                   pattern)
 
 
+def _run_split_case(case, tgt, wl, w, bias, x, rng, seed) -> DirectConvPlan:
+    """A pointwise conv over a plain input into padded (and, with `out_plain` False, aligned)
+    output rows: one run of H * W positions, each vector stored into the row or two it falls in
+    (kernels/direct_conv.py: split_output_rows)."""
+    v = tgt.vector_width
+    in_layout = Layout(wl.in_channels, wl.height, wl.width)
+    out_layout = Layout.padded(case.out_channels, wl.out_height, wl.out_width, case.out_pads,
+                               align=1 if case.out_plain else v)
+    flat = flattened(wl, in_layout, out_layout, None, v)
+    assert flat is not None and split_output_rows(flat[0], out_layout) == wl.width, case
+    flat_wl, flat_in, _, _ = flat
+    plan = select.choose_conv(flat_wl, w, tgt, case.plan, in_layout=flat_in)
+    pattern = build_pattern(w, flat_wl, flat_in, plan)
+    return _check(case, tgt, flat_wl, plan, w, bias, x, rng, seed, flat_in, out_layout, None,
+                  pattern)
+
+
 def _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, res_layout,
            pattern) -> DirectConvPlan:
     """Run the kernel of `plan` on guarded buffers and compare with the numpy reference."""
@@ -158,7 +182,10 @@ def _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, re
                                                         input_extent(wl, in_layout, plan, pattern))
     src = GuardedBuffer(in_floats)
     src.array[:] = 0
-    in_layout.write(src.array, x)
+    if x.shape[2] != in_layout.height:  # a flattened pointwise conv reads its planes as one row
+        in_layout.write(src.array, x.reshape(n, x.shape[1], in_layout.height, -1))
+    else:
+        in_layout.write(src.array, x)
     dst = GuardedBuffer((n - 1) * out_layout.image_stride + output_extent(wl, out_layout, v))
     dst.array[:] = SENTINEL
     res_ptr, res_data = None, None

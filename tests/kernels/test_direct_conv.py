@@ -19,9 +19,10 @@ from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import (LOOP_ORDERS, ConvWorkload, DirectConvPlan, flat_pays, flat_rows,
                                           entry_frames, frame_lanes, parallel_units, plane_conv,
                                           plane_row_floats, plane_weights, shifted_sums_misfit,
-                                          tails_into_padding, tap_offsets)
+                                          split_output_rows, tails_into_padding, tap_offsets)
 from sparsejit.kernels.reference import conv2d
 from sparsejit.kernels.layout import Layout
+from sparsejit.lower import flattened
 
 from .conv_harness import ConvCase, run_case, runnable_targets, with_plan
 
@@ -226,6 +227,47 @@ def test_flat_runs(shape, density, plan, target):
                         out_pads=(1, 0, 1, 0), residual=residual, flat=True)
         ran = run_case(case, target, seed=zlib.crc32(repr((shape, batch)).encode()))
         assert ran.rows_per_tile == 1
+
+
+SPLIT_PLANS = [{}, {"form": "table", "vectors_per_row": 3}, {"form": "table", "channel_chunk": 3},
+               {"form": "table", "channels_per_block": 2, "vectors_per_row": 2},
+               {"form": "table", "rows_per_tile": 2}, {"form": "table", "split": "tiles"},
+               {"form": "unrolled", "vectors_per_row": 2}]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("plan", SPLIT_PLANS, ids=str)
+@pytest.mark.parametrize("density", [0.0, "one", 0.3, 1.0], ids=str)
+def test_flat_pointwise_runs_store_into_padded_rows(density, plan, target):
+    """A pointwise conv over a plain input runs its planes as one row of H * W positions and
+    stores each vector into the output's padded rows: whole within a row, in two masked pieces
+    across a row's end (widths of one vector, odd and several vectors; aligned rows and not;
+    the pads must stay untouched and the guard page after the last row catches over-writes)."""
+    v = WIDTHS[target]
+    for height, width, out_pads, out_plain, batch in (
+            (3, v, (1, 1, 1, 1), False, 2), (4, v + 3, (1, 1, 0, 1), False, 1),
+            (5, 2 * v + 5, (0, 2, 0, 0), True, 2), (2, 3 * v, (2, 0, 1, 1), True, 1)):
+        case = ConvCase(7, height, width, 9, (1, 1), batch=batch, density=density, plan=plan,
+                        out_pads=out_pads, out_plain=out_plain, split=True, activation="leaky_relu")
+        run_case(case, target, seed=zlib.crc32(repr((height, width, density)).encode()))
+
+
+def test_flat_pointwise_runs_split_stores_only_where_they_fit():
+    """The split form needs a plain input, rows a vector wide and no residual; a plain output
+    (or a slice of a wider tensor's channels) takes the plain flat run instead."""
+    wl = ConvWorkload(8, 6, 20, 4, (1, 1))
+    plain = Layout(8, 6, 20)
+    padded = Layout.padded(4, 6, 20, (1, 1, 1, 1), align=16)
+    flat, flat_in, out, res = flattened(wl, plain, padded, None, 16)
+    assert (flat.height, flat.width) == (1, 120) and out == padded and res is None
+    assert split_output_rows(flat, out) == 20 and not tails_into_padding(flat, out, 16)
+    assert flattened(wl, plain, padded, None, 32) is None  # rows shorter than a vector
+    assert flattened(wl, plain, padded, Layout(4, 6, 20), 16) is None  # a residual
+    assert flattened(wl, Layout.padded(8, 6, 20, (0, 0, 0, 4)), padded, None, 16) is None
+    sliced = Layout(12, 6, 20).in_channel_slice(4)
+    _, _, out, _ = flattened(wl, plain, sliced, None, 16)
+    assert (out.height, out.width, out.image_stride) == (1, 120, 12 * 120)
+    assert split_output_rows(flat, out) == 0
 
 
 def test_flat_run_needs_equal_row_strides_and_room():

@@ -359,3 +359,18 @@ def test_large_pointwise_convs_split_their_tiles_between_threads():
     produced = Layout.padded(256, 56, 56, align=16)
     assert select.choose_conv(big, _weight(big, 0.1), avx512, in_layout=produced,
                               threads=2).split == "tiles"
+
+
+def test_flat_runs_storing_into_rows_of_their_own_take_one_pass():
+    """A flattened pointwise conv whose output has rows of its own (split stores) runs its
+    input channels in one pass, unless an override asks for passes; into plain planes it
+    keeps the passes its slices want."""
+    avx512 = targets.get("avx512")
+    flat = ConvWorkload(512, 1, 28 * 28, 128, (1, 1))
+    weight = _weight(flat, 0.1)
+    padded = Layout.padded(128, 28, 28, (1, 1, 1, 1), align=16)
+    plain = Layout(128, 1, 28 * 28)
+    assert select.choose_conv(flat, weight, avx512, out_layout=plain).channel_chunk > 0
+    assert select.choose_conv(flat, weight, avx512, out_layout=padded).channel_chunk == 0
+    assert select.choose_conv(flat, weight, avx512, {"channel_chunk": 64},
+                              out_layout=padded).channel_chunk == 64

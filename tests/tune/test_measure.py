@@ -194,3 +194,17 @@ def test_an_fc_plan_that_cannot_hold_the_layer_is_an_error_and_the_time_bound_ho
     assert measure_fc(spec, plan, HOST, repeats=1000, time_bound=1e-9).status == "timeout"
     r = measure_fc(spec, plan, HOST, repeats=1_000_000, time_bound=0.05)
     assert r.status == "ok" and 3 <= len(r.times) < 1_000_000
+
+
+def test_a_flat_run_storing_into_padded_rows_verifies():
+    """A flattened pointwise conv (one row of H * W) that stores into a 3x3 conv's padded
+    rows: the measured output is compared row by row with the reference."""
+    from sparsejit.kernels.layout import Layout
+    v = HOST.vector_width
+    wl = ConvWorkload(24, 1, 6 * (v + 3), 8, (1, 1))
+    spec = make_spec(wl, 0.4)
+    spec = replace(spec, in_layout=Layout(24, 1, wl.width),
+                   out_layout=Layout.padded(8, 6, v + 3, (1, 1, 1, 1), align=v))
+    for plan in candidates(wl, spec.weight, HOST, budget=4, out_layout=spec.out_layout):
+        r = measure(spec, plan, HOST, repeats=2, time_bound=1.0)
+        assert r.status == "ok", f"{plan.variant()}: {r.error}"
