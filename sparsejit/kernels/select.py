@@ -297,6 +297,17 @@ def _l1_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget
     return next(tile for chunk, tile in fitting if chunk == most)
 
 
+# A sparse 1x1 conv run flat over whole planes (one row of H * W positions, `lower.flattened`)
+# takes tiles of this many vectors: every output channel's entries reload the tile's slice of
+# each input channel, which stays in L1 only for short tiles (4 vectors x 128 channels: 32 KB),
+# while the least-work tiles (_near_best_tiles) would take 25-26 vectors (213 KB per pass).
+# AMD Zen 5, ResNet-50 at 10 % (`tune.measure`, 3 interleaved rounds), 1 x 4 against 1 x 26:
+# layer1.1.conv1 (56 x 56, 256 -> 64) 0.124 against 0.145 ms, layer2.0.conv1 (256 -> 128) 0.211
+# against 0.245, layer3.0.conv1 (28 x 28, 512 -> 256) 0.227 against 0.256; 1 x 3 and 1 x 6 within
+# 3 %, 1 x 8 4-9 % and 1 x 12 10-26 % slower, 1 x 2 slower still.
+FLAT_POINTWISE_VECTORS = 4
+
+
 def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget: int,
                  v: int) -> tuple[int, int]:
     """A sparse layer's tile: one whose passes fit L1 (`_l1_tile`), else the first near-best
@@ -305,6 +316,8 @@ def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, bu
     3.32 / 6.67 ms against 3.89 / 7.48 for 3 x 7, whose 73 KB slice left 16 channels. More
     channels do not pay for narrower rows: AVX2 conv2_2 with 1 x 14 and 32 channels 7.4 ms, 5 x
     2 in one 128-channel pass 9.5."""
+    if workload.tile_rows == 1 and workload.kernel == (1, 1) and vectors > FLAT_POINTWISE_VECTORS:
+        return 1, FLAT_POINTWISE_VECTORS
     fits = _l1_tile(workload, weight_density, vectors, budget, v)
     if fits is not None:
         return fits
@@ -371,17 +384,9 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         rb, cb = _sparse_tile(workload, weight_density, vectors, budget, v)
         rb = pointwise_column_rows(workload, rb, cb, vectors)
     split = default_split(workload, threads)
+    split_stores = out_layout is not None and split_output_rows(workload, out_layout) > 0
     plan = _tile_plan(workload, weight_density, nonzeros, dense, first_conv is not None, mb, rb, cb, v,
-                      split)
-    # A flat pointwise run that stores into a 3x3 conv's padded rows (kernels/direct_conv.py:
-    # split_output_rows) takes one pass: each further pass stores its partial sums and loads them
-    # back through the split (two masked loads per vector, misaligned; a branch and two masked
-    # stores where a vector crosses a row's end). AMD Zen 5, ResNet-50 (`tune.measure`, 3
-    # interleaved rounds): layer2.1.conv1 (28 x 28, 512 -> 128) 0.54-0.60 ms in 64-channel passes,
-    # 0.47-0.49 in one (0.47-0.50 into plain planes, the split's cost); layer1.1.conv1 (56 x 56,
-    # 256 -> 64) 0.497 -> 0.462 (0.447-0.450 into plain planes).
-    if out_layout is not None and split_output_rows(workload, out_layout):
-        plan = replace(plan, channel_chunk=0)
+                      split, split_stores)
     plan = apply_override(plan, override, layer)
     override = override or {}
     if dense or in_layout is None or "shifted_sums" in override:
@@ -410,9 +415,10 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
 
 def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, dense: bool,
                first_conv: bool, mb: int, rb: int, cb: int, v: int,
-               thread_split: str) -> DirectConvPlan:
+               thread_split: str, split_stores: bool = False) -> DirectConvPlan:
     """The plan of a tile of rb x cb accumulators (and mb channels per block): its unroll,
-    passes and loop order, its form; threads divide it by `thread_split`."""
+    passes and loop order, its form; threads divide it by `thread_split`. A flat run storing
+    into rows of their own (`split_stores`) takes the table form in one pass."""
     cg = workload.in_channels // workload.group
     split = rb * cb * mb < 4
     unroll = 4 if split else 2
@@ -427,12 +433,21 @@ def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, den
     else:
         chunk, order = sparse_passes(workload, weight_density, rb, cb, v)
         chunk, order = passes_in_tiles(workload, weight_density, rb, cb, v, chunk, order)
+    if split_stores:
+        # Each pass after the first would store its partial sums and load them back through
+        # the split (two masked loads per vector, misaligned; two masked stores and a branch
+        # where a vector crosses a row's end); and the unrolled form repeats that epilogue per
+        # channel block, code that in a network comes cold from L2. AMD Zen 5, ResNet-50:
+        # layer2.1.conv1 (28 x 28, 512 -> 128, seed densities) 0.54-0.60 ms in 64-channel
+        # passes, 0.47-0.49 in one (`tune.measure`, 3 interleaved rounds); layer1.0.conv1
+        # (56 x 56, 64 -> 64, 10 %) in the network 0.097 ms unrolled, 0.055 as a table.
+        chunk = 0
     plan = DirectConvPlan(form="table", vector_width=v, rows_per_tile=rb, vectors_per_row=cb,
                           channels_per_block=mb, unroll=unroll, split_accumulators=split,
                           channel_chunk=chunk, loop_order=order, split=thread_split)
     # unrolled where its code stays small: sparse layers, and first convs with few taps (VGG-16
     # conv1_1, 27 taps: 2.01 -> 1.71 ms on Zen 4; 147- and 363-tap first convs do not fit)
-    if (not dense or first_conv) and unrolled_fits(nonzeros, rb, cb):
+    if (not dense or first_conv) and not split_stores and unrolled_fits(nonzeros, rb, cb):
         plan = _unrolled(plan)
     return plan
 
