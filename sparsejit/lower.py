@@ -203,10 +203,12 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
     load of a pointwise conv vector-aligned (ResNet-50's and GoogLeNet's 1x1 convs on 14 x 14
     and 28 x 28 maps 1.2-1.4x faster than over unpadded rows 14 or 28 floats apart, which
     nearly every load straddled; whole networks 5-6 %, Xeon), and a conv whose output rows are
-    aligned stores whole vectors, tails into the padding (no masked stores). Unpadded planes
-    that pointwise convs once read flat (`flattened`) were faster only on 28 x 28 maps. A
-    tensor that a Flatten or Reshape views and only pointwise convs read stays unpadded: the
-    view then needs no copy."""
+    aligned stores whole vectors, tails into the padding (no masked stores). A tensor that a
+    Flatten or Reshape views and only pointwise convs read stays unpadded: the view then needs
+    no copy. So do the tensors that only pointwise convs read on maps whose planes are whole
+    vectors (`pointwise_planes`): each such conv runs a plane as one flat run (`flattened`;
+    the unpadded planes that pointwise convs once read flat over rows that were not whole
+    vectors were faster only on 28 x 28 maps)."""
     v = target.vector_width
     pads: dict[str, list[int]] = {}
     aligned: set[str] = set()
