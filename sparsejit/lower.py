@@ -336,11 +336,11 @@ def pointwise_planes(graph: Graph, order: list[Node], tensors: list[str], pads: 
                      narrow: dict[str, tuple[int, ...]], v: int) -> set[str]:
     """Tensors stored as plain NCHW planes because only pointwise convs read them (besides
     strided convs and 1x1 pools (subsamples), which copy what they read, and fused residual
-    adds): each
-    such conv then runs its planes as one flat run of whole, aligned vectors (`flattened`), on
-    maps whose planes are whole vectors long and rows at least one (56 x 56 and 28 x 28, on 16
-    lanes: 196 and 49 vectors where rows rounded up to the vector take 224 and 56), storing
-    into a 3x3 conv's padded input through split stores where its output feeds one. A conv's
+    adds): each such conv then runs its planes as one flat run of whole, aligned vectors
+    (`flattened`), on maps whose planes are whole vectors long and rows at least one (56 x 56
+    and 28 x 28, on 16 lanes: 196 and 49 vectors where rows rounded up to the vector take 224
+    and 56), storing into a 3x3 conv's padded input through split stores where its output
+    feeds one. A conv's
     output and its fused residual are plain together or not at all (the flat run reads the
     residual at its own positions), and a channel Concat's output and inputs (written in
     place, as channel slices of the output: `concat_parts_in_place`) likewise. Not for
