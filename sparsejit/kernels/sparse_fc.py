@@ -105,18 +105,21 @@ def choose_plan(workload: SparseFcWorkload, target: Target, override: dict | Non
     1.15 ms). As many rows of X per pass as stay in L1 together; two accumulators per row only
     in blocks of 1 or 2 rows (4+ rows are 4+ independent FMA chains already, and 2 x 8 would
     spill on AVX2's 16 registers). A row of X wider than L1 is taken in column blocks
-    (X_SLICE_BYTES), so the slice a pass reads stays in L1 too. On AMD Zen cores V scalar loads
-    beat a gather while that slice is in L1: Zen 4, batch 1, interleaved medians: 4096 x 1000
+    (X_SLICE_BYTES), so the slice a pass reads stays in L1 too. From that slice V scalar loads
+    beat a gather on every core measured: AMD Zen 4, batch 1, interleaved medians: 4096 x 1000
     at 26 % 0.71 -> 0.44 ms, 4096 x 4096 at 16 % 1.48 -> 1.21 ms, 1024 x 1024 at 10 % 0.096 ->
-    0.076 ms; past L1 the gather's lanes wait on L2 together, the scalar loads one by one
-    (9216 x 4096 in one block: 1.91-2.07 ms by scalar loads, 1.57-1.66 by gathers)."""
+    0.076 ms; an Intel Ice Lake Xeon (whose gathers are slow: Downfall's microcode fix),
+    CaffeNet's fc6 / fc7 / fc8 at batch 1 (paired in-process A/B): 4.43 / 2.90 / 1.16 ms by
+    gathers, 2.13 / 1.38 / 0.56 by scalar loads, the network 1.47x. Past L1 the gather's lanes
+    wait on L2 together, the scalar loads one by one (Zen 4, 9216 x 4096 in one block: 1.91-2.07
+    ms by scalar loads, 1.57-1.66 by gathers), which the column blocks avoid."""
     c = workload.in_features
     block = next(b for b in (8, 4, 2, 1) if b == 1 or b * c * 4 <= X_BLOCK_BYTES)
     width = column_block_width(c) if block * c * 4 > X_BLOCK_BYTES else 0
     plan = SparseFcPlan(vector_width=min(8, target.vector_width),
                         index_bits=index_bits_for(width or c), batch_block=block,
                         accumulators=2 if block <= 2 else 1,
-                        scalar_loads=target.cpu.startswith("znver"), column_block=width)
+                        scalar_loads=True, column_block=width)
     plan = apply_override(plan, override, layer)
     if "index_bits" not in (override or {}):  # as narrow as the overridden blocks allow
         plan = replace(plan, index_bits=index_bits_for(plan.block_width(c)))

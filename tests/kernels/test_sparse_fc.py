@@ -259,13 +259,14 @@ def test_nan_and_inf_reach_only_nonzero_columns(activation, target):
 
 
 def test_gathers_in_assembly():
-    """LLVM 22 emits hardware gathers on the AVX-512 and AVX2 targets (given the features,
-    which carry +fast-gather for Broadwell) and none on SSE4.2, which has no gather."""
+    """A plan with gathers (not the default's scalar loads): LLVM 22 emits hardware gathers on
+    the AVX-512 and AVX2 targets (given the features, which carry +fast-gather for Broadwell)
+    and none on SSE4.2, which has no gather."""
     w = random_weights(FcCase(64, 8, density=0.3), np.random.default_rng(0))
     for name, gather in [("avx512", "vgatherdps"), ("avx2", "vgatherdps"), ("sse", None)]:
         tgt = targets.get(name)
         wl = SparseFcWorkload(64, 8)
-        plan = choose_plan(wl, tgt)
+        plan = choose_plan(wl, tgt, {"scalar_loads": False})
         ir = render_sparse_fc("asm", wl, plan, build_tables(w, plan), np.zeros(8, np.float32),
                               Epilogue("relu"), tgt.name, tgt.features)
         asm = llvm.assembly(ir, tgt, plan.codegen_opt)
@@ -317,18 +318,19 @@ def test_plan_checks():
         SparseFcPlan(column_block=-1)
 
 
-def test_rows_of_x_past_l1_go_in_column_blocks_and_zen_loads_x_by_scalars():
+def test_rows_of_x_past_l1_go_in_column_blocks_and_x_is_loaded_by_scalars():
     """A row of X wider than L1 (CaffeNet's fc6, 9216 inputs) is taken in the fewest column
-    blocks whose slices fit X_SLICE_BYTES; narrower ones (fc7, fc8) in one. On AMD Zen the
-    default plan then loads x by scalars (its slice is in L1), elsewhere by hardware gathers."""
+    blocks whose slices fit X_SLICE_BYTES; narrower ones (fc7, fc8) in one. The default plan
+    then loads x by scalars (its slice is in L1), on AMD and Intel cores alike."""
     from dataclasses import replace
 
     zen = replace(targets.get("avx512"), cpu="znver4")
-    fc6 = choose_plan(SparseFcWorkload(9216, 4096), zen)
-    assert fc6.column_block == 3072 and fc6.column_blocks(9216) == 3 and fc6.scalar_loads
-    assert fc6.column_block * 4 <= X_SLICE_BYTES
-    for narrow in (SparseFcWorkload(4096, 4096), SparseFcWorkload(1024, 1000)):
-        plan = choose_plan(narrow, zen)
-        assert plan.scalar_loads and plan.column_blocks(narrow.in_features) == 1
-    assert not choose_plan(SparseFcWorkload(4096, 4096), targets.get("avx512")).scalar_loads
+    intel = replace(targets.get("avx512"), cpu="icelake-server")
+    for target in (zen, intel, targets.get("avx2")):
+        fc6 = choose_plan(SparseFcWorkload(9216, 4096), target)
+        assert fc6.column_block == 3072 and fc6.column_blocks(9216) == 3 and fc6.scalar_loads
+        assert fc6.column_block * 4 <= X_SLICE_BYTES
+        for narrow in (SparseFcWorkload(4096, 4096), SparseFcWorkload(1024, 1000)):
+            plan = choose_plan(narrow, target)
+            assert plan.scalar_loads and plan.column_blocks(narrow.in_features) == 1
     assert choose_plan(SparseFcWorkload(9216, 4096), targets.get("avx512")).column_block == 3072
