@@ -108,7 +108,7 @@ def choose_plan(workload: SparseFcWorkload, target: Target, override: dict | Non
     (X_SLICE_BYTES), so the slice a pass reads stays in L1 too. From that slice V scalar loads
     beat a gather on every core measured: AMD Zen 4, batch 1, interleaved medians: 4096 x 1000
     at 26 % 0.71 -> 0.44 ms, 4096 x 4096 at 16 % 1.48 -> 1.21 ms, 1024 x 1024 at 10 % 0.096 ->
-    0.076 ms; an Intel Ice Lake Xeon (whose gathers are slow: Downfall's microcode fix),
+    0.076 ms; an Intel Ice Lake Xeon (slow gathers: Downfall's microcode fix, presumably),
     CaffeNet's fc6 / fc7 / fc8 at batch 1 (paired in-process A/B): 4.43 / 2.90 / 1.16 ms by
     gathers, 2.13 / 1.38 / 0.56 by scalar loads, the network 1.47x. Past L1 the gather's lanes
     wait on L2 together, the scalar loads one by one (Zen 4, 9216 x 4096 in one block: 1.91-2.07
