@@ -28,7 +28,7 @@ from .arrays import count_nonzeros
 from .codegen.direct_conv import kernel_symbol as conv_symbol
 from .codegen.direct_conv import render_direct_conv
 from .codegen.gemm import kernel_symbol as gemm_symbol
-from .codegen.gemm import render_gemm
+from .codegen.gemm import gemm_key, render_gemm
 from .codegen.lrn import kernel_symbol as lrn_symbol
 from .codegen.lrn import render_lrn
 from .codegen.pool import kernel_symbol as pool_symbol
@@ -145,6 +145,26 @@ def _epilogue(node: Node) -> Epilogue:
     act = node.attrs.get("activation", "none")
     return Epilogue(act, float(node.attrs.get("activation_alpha", 0.0)),
                     float(node.attrs.get("clip_min", -np.inf)), float(node.attrs.get("clip_max", np.inf)))
+
+
+# ops whose output is zero wherever their input is (a max over zeros and nothing larger is not
+# guaranteed, but a max pool over a ReLU's output keeps the zero windows): what a rectified
+# FC input may pass through
+_ZERO_KEEPING = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
+
+
+def input_is_rectified(graph: Graph, tensor: str) -> bool:
+    """True when `tensor` comes out of a ReLU (or a fused clip at 0: ReLU6), directly or through
+    max pools and reshapes, so that many of its values are likely exact zeros."""
+    node = graph.producer(tensor)
+    while node is not None and node.op in _ZERO_KEEPING:
+        node = graph.producer(node.inputs[0])
+    if node is None:
+        return False
+    if node.op == "Relu":
+        return True
+    act = node.attrs.get("activation")  # fused into the producing kernel (graph/fuse.py)
+    return act == "relu" or (act == "clip" and float(node.attrs.get("clip_min", -np.inf)) == 0.0)
 
 
 def _is_4d_activation(graph: Graph, tensor: str) -> bool:
@@ -751,7 +771,15 @@ class _Builder:
     def dense_fc(self, node: Node, weight: np.ndarray, bias: np.ndarray) -> None:
         m, c = weight.shape
         n = self.images(node.inputs[0])
-        plan = select.choose_gemm(self.target, n, self.overrides.get(node.name), node.name)
+        override = self.overrides.get(node.name)
+        # skipping zero inputs drops their products, which only a non-finite weight makes
+        # other than zero (0 x Inf is NaN): checked only where the plan would skip
+        rectified = n <= select.SKIP_ZERO_INPUTS_MAX_BATCH and input_is_rectified(self.graph, node.inputs[0])
+        finite = (rectified or bool(override and override.get("skip_zero_inputs"))) and bool(np.isfinite(weight).all())
+        plan = select.choose_gemm(self.target, n, override, node.name, sparse_input=rectified and finite)
+        if plan.skip_zero_inputs and not finite:
+            raise InvalidPlanError(f"layer '{node.name}': skip_zero_inputs needs finite weights "
+                                   f"(a zero input times an Inf or NaN weight is NaN)")
         wl = GemmWorkload(c, m)
         info = LayerInfo(node.name, node.op, f"dense-fc {plan.variant()}",
                          self.shape(node.inputs[0]), self.shape(node.outputs[0]),
@@ -760,7 +788,7 @@ class _Builder:
                          dense_flops=2 * m * c * n, fused=list(node.fused))
         epilogue, tname = _epilogue(node), self.target.name
         info.source = KernelSource(lambda: render_gemm(node.name, wl, plan, bias, epilogue, tname),
-                                   "gemm", node.name, wl, plan, bias, epilogue, tname)
+                                   "gemm", node.name, wl, plan, gemm_key(plan), bias, epilogue, tname)
         step = st.FlatKernel(node.name, node.inputs[0], node.outputs[0], None,
                            pack_weights(weight, plan), plan.tiles(m), n, 2 * m * c * n)
         self._add_kernel(step, info, st.GemmFn)

@@ -2,7 +2,9 @@
 
 Y[N][M] = act(X[N][C] @ W^T + bias), with W packed once at compile time tile by tile (M rounded
 up to whole tiles of vectors, zero-filled) so every weight load is aligned, in bounds and
-sequential. Pruned FC layers do not come here: they run on the direct sparse kernel (see select.py).
+sequential. Or, skipping zero inputs (`skip_zero_inputs`, one row of X at a time), with W^T
+packed row by row, so that a zero input skips the one contiguous row of weights it would
+multiply. Pruned FC layers do not come here: they run on the direct sparse kernel (see select.py).
 """
 
 from __future__ import annotations
@@ -29,9 +31,17 @@ class GemmPlan:
     rows_per_tile: int = 1  # RN: rows of X per tile
     vectors_per_tile: int = 4  # CB: vectors of output features per tile
     codegen_opt: int = 2
+    # sum only the rows of W^T whose input is nonzero, one row of X at a time (the weights
+    # packed row-major W^T, the sums kept in Y): for a batch of one after a ReLU
+    skip_zero_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.skip_zero_inputs and self.rows_per_tile != 1:
+            raise ValueError("skip_zero_inputs takes one row of X at a time (rows_per_tile=1)")
 
     def variant(self) -> str:
-        return f"dense_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_tile}"
+        skip = "_skip0" if self.skip_zero_inputs else ""
+        return f"dense_v{self.vector_width}_r{self.rows_per_tile}x{self.vectors_per_tile}{skip}"
 
     def padded_features(self, out_features: int) -> int:
         return round_up(out_features, self.vector_width * self.vectors_per_tile)
@@ -43,12 +53,19 @@ class GemmPlan:
 def pack_weights(weight_mc: np.ndarray, plan: GemmPlan) -> np.ndarray:
     """W[M][C] -> tile-major [tiles][C][CB*V] float32, 64-byte aligned, zero padded, so the
     kernel streams each tile's weights sequentially (row-major W^T jumped Mp floats per step,
-    a new page every few iterations, and ran at half the bandwidth)."""
+    a new page every few iterations, and ran at half the bandwidth). For `skip_zero_inputs`,
+    row-major W^T [C][Mp] instead: the kernel reads whole rows (a thread a slice of each)."""
     m, c = weight_mc.shape
     from ..runtime.buffers import aligned_empty
 
     width = plan.vector_width * plan.vectors_per_tile
     tiles = plan.tiles(m)
+    if plan.skip_zero_inputs:
+        rows = aligned_empty(c * tiles * width).reshape(c, tiles * width)
+        for c0 in range(0, c, _PACK_COLUMNS):
+            rows[c0:c0 + _PACK_COLUMNS, :m] = weight_mc[:, c0:c0 + _PACK_COLUMNS].T
+        rows[:, m:] = 0.0
+        return rows.reshape(-1)
     packed = aligned_empty(tiles * c * width)
     tile_major = packed.reshape(tiles, c, width)
     # Transposed a tile and a column chunk at a time: one whole-array transpose of VGG-16's
