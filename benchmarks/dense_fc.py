@@ -49,7 +49,8 @@ def dense_gemms(proto):
         w = w if attrs.get("transB") and attrs["transB"].i else w.T
         if np.count_nonzero(w) < 0.6 * w.size:
             continue  # pruned: the sparse FC kernels, not this benchmark's
-        bias = consts[node.input[2]] if len(node.input) > 2 and node.input[2] in consts else np.zeros(w.shape[0], np.float32)
+        has_bias = len(node.input) > 2 and node.input[2] in consts
+        bias = consts[node.input[2]] if has_bias else np.zeros(w.shape[0], np.float32)
         # copies: PyTorch takes only writable arrays, and initializers' arrays are not
         yield node, np.array(w, dtype=np.float32, order="C"), bias.astype(np.float32)
 

@@ -147,9 +147,8 @@ def _epilogue(node: Node) -> Epilogue:
                     float(node.attrs.get("clip_min", -np.inf)), float(node.attrs.get("clip_max", np.inf)))
 
 
-# ops whose output is zero wherever their input is (a max over zeros and nothing larger is not
-# guaranteed, but a max pool over a ReLU's output keeps the zero windows): what a rectified
-# FC input may pass through
+# ops a rectified FC input may pass through and keep its zeros: reshapes move values, and a max
+# pool over a ReLU's output is zero wherever its whole window is
 _ZERO_KEEPING = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
@@ -772,11 +771,14 @@ class _Builder:
         m, c = weight.shape
         n = self.images(node.inputs[0])
         override = self.overrides.get(node.name)
+        rectified = (n <= select.SKIP_ZERO_INPUTS_MAX_BATCH
+                     and input_is_rectified(self.graph, node.inputs[0]))
+        asked = bool(override and override.get("skip_zero_inputs"))
         # skipping zero inputs drops their products, which only a non-finite weight makes
-        # other than zero (0 x Inf is NaN): checked only where the plan would skip
-        rectified = n <= select.SKIP_ZERO_INPUTS_MAX_BATCH and input_is_rectified(self.graph, node.inputs[0])
-        finite = (rectified or bool(override and override.get("skip_zero_inputs"))) and bool(np.isfinite(weight).all())
-        plan = select.choose_gemm(self.target, n, override, node.name, sparse_input=rectified and finite)
+        # other than zero (0 x Inf is NaN): checked only where the plan may skip
+        finite = (rectified or asked) and bool(np.isfinite(weight).all())
+        plan = select.choose_gemm(self.target, n, override, node.name,
+                                  sparse_input=rectified and finite)
         if plan.skip_zero_inputs and not finite:
             raise InvalidPlanError(f"layer '{node.name}': skip_zero_inputs needs finite weights "
                                    f"(a zero input times an Inf or NaN weight is NaN)")
