@@ -15,6 +15,7 @@ from typing import Any
 import onnx
 
 from . import config, targets
+from .codegen.schedule import MAX_SHARES
 from .errors import InputError
 from .frontend.onnx_import import import_graph, load_model
 from .graph import fold, passes
@@ -79,6 +80,9 @@ def _check_threads(threads: Any) -> int | None:
         n = -1
     if n is not None and n < 0:
         raise InputError(f"threads must be a positive int (or None for the default), got {threads!r}")
+    if n is not None and n > MAX_SHARES:
+        raise InputError(f"threads must be at most {MAX_SHARES} (a layer's work is cut into at most "
+                         f"{MAX_SHARES} shares), got {threads!r}")
     return n
 
 
@@ -93,7 +97,8 @@ def compile(model: Any, target: str | Target = "host", threads: int | None = Non
 
     target: 'host', 'sse', 'avx2', 'avx512' (see `sparsejit targets`); any target compiles,
         running needs the host to have its features.
-    threads: worker threads per layer (default: the cores this process may use).
+    threads: worker threads per layer, at most 64 (default: the cores this process may use,
+        up to 64).
     batch: binds a symbolic batch dimension now (else at the first call).
     plans: per-layer overrides of the kernel plan, e.g. {"conv3": {"form": "unrolled"}}.
     """
@@ -101,7 +106,7 @@ def compile(model: Any, target: str | Target = "host", threads: int | None = Non
     threads = _check_threads(threads)
     graph = prepare_graph(model)
     weights = compact_weights(graph)  # the model keeps its graph: pruned weights stay compact
-    n_threads = threads if threads else config.default_threads()
+    n_threads = threads if threads else min(config.default_threads(), MAX_SHARES)
     name = graph.name or "model"
     cm = CompiledModel(graph, tgt, n_threads,
                        lambda b, load: bind(graph, b, tgt, plans, load=load, weights=weights,

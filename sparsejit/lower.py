@@ -38,7 +38,7 @@ from .codegen.repack import kernel_symbol as repack_symbol
 from .codegen.repack import render_plane_repack, render_repack
 from .codegen.repack import variant as repack_variant
 from .codegen.schedule import SYMBOL as DRIVER_SYMBOL
-from .codegen.schedule import render_schedule
+from .codegen.schedule import schedule_source
 from .codegen.softmax import kernel_symbol as softmax_symbol
 from .codegen.softmax import render_softmax
 from .codegen.strided_copy import StridedView, render_strided_copy
@@ -1058,8 +1058,7 @@ def _compile(b: _Builder, target: Target, load: bool) -> llvm.CodeLibrary | None
         objects.append(obj)
     if not load:
         return None
-    driver = KernelSource(lambda: render_schedule(target.name), "schedule", target.name)
-    objects.append(llvm.compile_source(driver, target, 2)[0])
+    objects.append(llvm.compile_source(schedule_source(target.name), target, 2)[0])
     library = llvm.CodeLibrary(target)
     for obj in objects:
         library.add_object(obj)

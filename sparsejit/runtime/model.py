@@ -149,7 +149,7 @@ class CompiledModel:
     def profile(self, feeds: dict[str, Any], repeats: int = 5) -> dict[str, float]:
         """Median seconds per step (layer name -> s) over `repeats` runs, as the model runs
         (driver calls included): a kernel's time is thread 0's cycle-counter ticks over its row
-        (its share and the barrier after it) scaled by its driver call's wall time."""
+        (the shares it ran and the wait after it) scaled by its driver call's wall time."""
         samples: dict[str, list[float]] = {}
         for _ in range(repeats):
             self._run(feeds, samples)

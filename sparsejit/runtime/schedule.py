@@ -3,8 +3,9 @@ generated schedule driver (codegen/schedule.py), with a table of its kernel call
 arena; the other steps (graph inputs, numpy references) run from Python between runs.
 
 With threads > 1 every thread calls the driver on the same table: the calling thread and
-threads - 1 pool workers, woken once per run rather than once per layer, meeting at a spin
-barrier after each layer whose output other threads read.
+threads - 1 workers, woken once per run rather than once per layer. Each layer's work is cut
+into shares that whichever thread comes first claims, and threads wait until a layer is done
+before the next one: a worker that wakes late costs nothing, the caller takes its shares.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..codegen.schedule import ROW_INTS
+from ..codegen.schedule import CLAIMS_WORD, MAX_SHARES, ROW_INTS, YIELD_WORD
 from .buffers import aligned_zeros
 from .steps import Arena, Step
 
@@ -35,11 +36,11 @@ def _sched_yield_address() -> int:
 SCHED_YIELD = _sched_yield_address()
 
 
-def new_barrier() -> np.ndarray:
-    """The driver's barrier: a counter, a generation (separate 64-byte lines), then the address
-    of sched_yield, which a thread waiting long calls."""
-    block = aligned_zeros(48).view(np.int64)
-    block[16] = SCHED_YIELD
+def new_sync(rows: int) -> np.ndarray:
+    """A driver call's sync block (codegen/schedule.py): the done counter, the address of
+    sched_yield (which a thread waiting long calls), a claim word per row."""
+    block = aligned_zeros(2 * (CLAIMS_WORD + rows)).view(np.int64)  # float32s: two per i64
+    block[YIELD_WORD] = SCHED_YIELD
     return block
 
 
@@ -81,12 +82,18 @@ def group(steps: list[Step]) -> list[Step | NativeRun]:
 
 @dataclass
 class RunTable:
-    """A NativeRun's kernel calls with this arena's addresses, and its barrier."""
+    """A NativeRun's kernel calls with this arena's addresses, and their sync block."""
 
     rows: np.ndarray  # int64 [n, ROW_INTS]
-    threads: int  # the most threads any row uses
-    barrier: np.ndarray  # two counters on separate 64-byte lines
+    threads: int  # the most shares any row has: the threads a call should run on
+    sync: np.ndarray  # new_sync(n)
     layers: list[str]  # the step of each row (steps without a call have no row)
+
+    def begin(self) -> None:
+        """Ready the sync block for a call: nothing done, nothing claimed. Only while no
+        thread runs the table (a call's threads have all returned)."""
+        self.sync[0] = 0
+        self.sync[CLAIMS_WORD:] = 0
 
     def ticks(self) -> np.ndarray:
         """Thread 0's cycle-counter ticks per row, summed over the calls since `reset_ticks`."""
@@ -143,11 +150,12 @@ def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
     most = max((threads_of(item) for item in items), default=1)
     ints: list[list[int]] = []
     layers: list[str] = []
+    if most > MAX_SHARES:
+        raise ValueError(f"a driver call takes at most {MAX_SHARES} threads, not {most}")
     for i, item in enumerate(items):
-        # a barrier after a row when this row or the next ran on several threads: the next
-        # row's threads may read what another thread of this one wrote (and vice versa)
-        following = threads_of(items[i + 1]) if i + 1 < len(items) else 1
-        barrier = most > 1 and max(threads_of(item), following) > 1 and i + 1 < len(items)
+        # on several threads, every row but the last waits until all of it is done: any thread
+        # may have run any share of it (or of the rows before), and the next row may read it
+        barrier = most > 1 and i + 1 < len(items)
         if isinstance(item, _Segment):
             ints.append([0, 0, 0, 0, item.images, len(item.rows),
                          SEGMENT_FLAG | (2 if barrier else 0), item.threads, 0, 0])
@@ -159,20 +167,22 @@ def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
             ints.append(row.as_ints(barrier_after=barrier))
             layers.append(layer)
     rows = np.array(ints, np.int64).reshape(len(ints), ROW_INTS)
-    return RunTable(rows, most, new_barrier(), layers)
+    return RunTable(rows, most, new_sync(len(ints)), layers)
 
 
 def run_native(driver: DriverFn, table: RunTable, pool: ThreadPoolExecutor | None) -> None:
-    rows, count, barrier = table.rows.ctypes.data, len(table.rows), table.barrier.ctypes.data
+    """One driver call over `table`: on the calling thread and table.threads - 1 of the pool's."""
+    rows, count, sync = table.rows.ctypes.data, len(table.rows), table.sync.ctypes.data
     if count == 0:
         return
+    table.begin()
     if table.threads == 1:
-        driver(rows, count, 0, 1, barrier)
+        driver(rows, count, 0, 1, sync)
         return
     if pool is None:
         raise RuntimeError(f"a table for {table.threads} threads needs a worker pool")
     n = table.threads
-    futures = [pool.submit(driver, rows, count, tid, n, barrier) for tid in range(1, n)]
-    driver(rows, count, 0, n, barrier)
+    futures = [pool.submit(driver, rows, count, tid, n, sync) for tid in range(1, n)]
+    driver(rows, count, 0, n, sync)
     for future in futures:
         future.result()

@@ -131,8 +131,8 @@ def split_range(total: int, parts: int) -> list[tuple[int, int]]:
 MIN_PARALLEL_FLOPS = 20_000_000
 
 
-# In the schedule driver threads meet at a spin barrier (microseconds, not a Python hand-off):
-# splitting pays from much smaller layers. Measured at 2 threads (batch 1): a 20 M threshold
+# In the schedule driver threads wait for each layer in spin loops (microseconds, not a Python
+# hand-off): splitting pays from much smaller layers. Measured at 2 threads (batch 1): a 20 M threshold
 # scaled CaffeNet / ResNet-50 / GoogLeNet 1.20 / 1.06 / 1.16x, 1 M 1.74 / 1.69 / 1.39x,
 # 250 k 1.75 / 1.69 / 1.60x.
 NATIVE_MIN_PARALLEL_FLOPS = 250_000

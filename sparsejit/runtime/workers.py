@@ -6,11 +6,13 @@ each call to a Python thread pool costs ~0.1 ms (a condition variable and the GI
 this project's 2-vCPU VM a submit-and-result round trip took 124-164 us), several percent of a
 network's call at batch 1. Instead each worker, once started, waits for the next call in
 `sj_worker_loop` (templates/workers.ll.j2): spinning on its mailbox for SPIN_SECONDS after each
-call, then parking (its thread ends; the next call starts another). A call posts into the
-mailboxes, runs its own share, and waits until every worker has run its share. A call that
-finds the workers in use by another Python thread's call falls back to the model's thread pool
-(runtime/schedule.py: run_native). Worker threads are daemon threads: a process exits without
-waiting for one to stop spinning.
+call, then sleeping on a futex for SLEEP_SECONDS (the next call wakes it), then parking (its
+thread ends; the next call starts another). A call posts into the mailboxes and runs the table
+itself too (the driver lets any thread claim any share); when it is through, it withdraws each
+post no worker has taken yet and waits for those that were. A call that finds the workers in
+use by another Python thread's call falls back to the model's thread pool (runtime/schedule.py:
+run_native). Worker threads are daemon threads: a process exits without waiting for one to
+stop spinning or sleeping.
 
 The workers' module is the same for every model; it is compiled (or loaded from the object
 cache) once per process and never unloaded, since a parked worker's thread may still be
@@ -20,6 +22,8 @@ returning through it.
 from __future__ import annotations
 
 import ctypes
+import platform
+import sys
 import threading
 import time
 import weakref
@@ -29,8 +33,9 @@ import numpy as np
 
 from .. import llvm
 from ..codegen.render import KernelSource
-from ..codegen.workers import (LOOP, MAILBOX_INTS, PARKED, POST, STOP, TICKS, WAIT,
-                               render_workers)
+from ..codegen.schedule import SPINS_BEFORE_YIELD
+from ..codegen.workers import (IDLE, LOOP, MAILBOX_INTS, PARKED, POST, SLEEPING, STATES, STOP,
+                               TICKS, WAIT, WITHDRAW, render_workers)
 from ..targets import Target
 from .buffers import aligned_zeros
 from .schedule import SCHED_YIELD, DriverFn, RunTable
@@ -39,8 +44,27 @@ from .schedule import SCHED_YIELD, DriverFn, RunTable
 # loop calls again well within it (its Python steps between calls take ~0.1-0.3 ms), and a
 # parked worker costs one pool hand-off at the next call, no more.
 SPIN_SECONDS = 2e-3
+# How long a worker then sleeps in the kernel, woken by the next call, before its thread ends. A
+# new thread for the next call costs ~0.1 ms to start and was often placed on the caller's core
+# (ResNet-50 on two threads after a 50 ms pause: its first call 0.6-0.8 ms slower, the next
+# ones 2-3 %); a woken one resumes on its own. A sleeping thread costs nothing but its stack.
+SLEEP_SECONDS = 10.0
 
 _Ptr = ctypes.c_void_p
+
+
+def _syscall_address() -> int:
+    """libc's syscall(), through which a worker sleeps on a futex; 0 (workers park instead of
+    sleeping) where there is none or futexes are not Linux x86-64's."""
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+        return 0
+    try:
+        return ctypes.cast(ctypes.CDLL(None).syscall, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError):
+        return 0
+
+
+SYSCALL = _syscall_address()
 _modules: dict[str, SimpleNamespace] = {}  # target name -> the loaded module's functions
 _modules_lock = threading.Lock()
 
@@ -50,14 +74,18 @@ def _module(target: Target) -> SimpleNamespace:
     with _modules_lock:
         fns = _modules.get(target.name)
         if fns is None:
-            source = KernelSource(lambda: render_workers(target.name), "workers", target.name)
+            source = KernelSource(lambda: render_workers(target.name), "workers", target.name,
+                                  STATES, SPINS_BEFORE_YIELD)
             library = llvm.CodeLibrary(target)
             library.add_object(llvm.compile_source(source, target, 2)[0])
             library.finalize()
             fns = SimpleNamespace(
                 library=library,
-                loop=ctypes.CFUNCTYPE(ctypes.c_int64, _Ptr, ctypes.c_int64)(library.address(LOOP)),
+                loop=ctypes.CFUNCTYPE(ctypes.c_int64, _Ptr, ctypes.c_int64,
+                                      ctypes.c_int64)(library.address(LOOP)),
                 post=ctypes.CFUNCTYPE(ctypes.c_int64, _Ptr)(library.address(POST)),
+                withdraw=ctypes.CFUNCTYPE(ctypes.c_int64, _Ptr,
+                                          ctypes.c_int64)(library.address(WITHDRAW)),
                 wait=ctypes.CFUNCTYPE(None, _Ptr)(library.address(WAIT)),
                 stop=ctypes.CFUNCTYPE(None, _Ptr)(library.address(STOP)),
                 ticks=ctypes.CFUNCTYPE(ctypes.c_int64)(library.address(TICKS)),
@@ -78,16 +106,22 @@ def _ticks_per_second(ticks) -> float:
 class ResidentWorkers:
     """`threads` - 1 worker threads for one model's driver calls."""
 
-    def __init__(self, threads: int, target: Target, spin_seconds: float | None = None) -> None:
+    def __init__(self, threads: int, target: Target, spin_seconds: float | None = None,
+                 sleep_seconds: float | None = None) -> None:
         self.threads = threads
         spin_seconds = SPIN_SECONDS if spin_seconds is None else spin_seconds
+        sleep_seconds = SLEEP_SECONDS if sleep_seconds is None else sleep_seconds
         self._fns = _module(target)
         # one mailbox per worker, each two 64-byte lines: the state, then the call
         boxes = aligned_zeros(MAILBOX_INTS * 2 * max(1, threads - 1)).view(np.int64)
         self._boxes = boxes.reshape(-1, MAILBOX_INTS)
         self._boxes[:, 0] = PARKED
+        self._boxes[:, 2] = int(sleep_seconds)  # the futex's timeout: seconds, nanoseconds
+        self._boxes[:, 3] = int(sleep_seconds % 1 * 1e9)
         self._boxes[:, 14] = SCHED_YIELD
+        self._boxes[:, 15] = SYSCALL if sleep_seconds > 0 else 0  # 0: park instead of sleeping
         self._spin_ticks = int(spin_seconds * self._fns.ticks_per_second)
+        self._sleep_ticks = int(sleep_seconds * self._fns.ticks_per_second)
         self._in_use = threading.Lock()  # one call at a time uses the workers
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop, self._fns, self._boxes)
@@ -100,20 +134,26 @@ class ResidentWorkers:
         try:
             if self._closed:
                 return False
-            n, rows, barrier = table.threads, table.rows.ctypes.data, table.barrier.ctypes.data
+            n, rows, sync = table.threads, table.rows.ctypes.data, table.sync.ctypes.data
             count = len(table.rows)
             address = ctypes.cast(driver, _Ptr).value
             boxes = self._boxes[:n - 1]
+            table.begin()
+            posts = []
             for tid, box in enumerate(boxes, start=1):
-                box[8:14] = (address, rows, count, tid, n, barrier)
+                box[8:14] = (address, rows, count, tid, n, sync)
                 posted = self._fns.post(box.ctypes.data)
                 if posted == 0:  # no worker waits on this mailbox: start one
-                    threading.Thread(target=_work, args=(self._fns, box, self._spin_ticks),
+                    threading.Thread(target=_work, args=(self._fns, box, self._spin_ticks,
+                                                         self._sleep_ticks),
                                      name=f"sparsejit-worker-{tid}", daemon=True).start()
                 elif posted < 0:
                     raise RuntimeError(f"worker {tid}'s mailbox is in use (state {box[0]})")
-            driver(rows, count, 0, n, barrier)
-            for box in boxes:
+                posts.append(posted)
+            driver(rows, count, 0, n, sync)
+            for box, posted in zip(boxes, posts):
+                if posted > 0:  # a worker not yet started on the call never will: it is done
+                    self._fns.withdraw(box.ctypes.data, IDLE if posted == 1 else SLEEPING)
                 self._fns.wait(box.ctypes.data)
             return True
         finally:
@@ -126,10 +166,10 @@ class ResidentWorkers:
         self._finalizer()
 
 
-def _work(fns: SimpleNamespace, box: np.ndarray, spin_ticks: int) -> int:
+def _work(fns: SimpleNamespace, box: np.ndarray, spin_ticks: int, sleep_ticks: int) -> int:
     """A worker thread: waits in native code for calls until it parks (`box` and `fns` stay
     referenced while it runs)."""
-    return fns.loop(box.ctypes.data, spin_ticks)
+    return fns.loop(box.ctypes.data, spin_ticks, sleep_ticks)
 
 
 def _stop(fns: SimpleNamespace, boxes: np.ndarray) -> None:

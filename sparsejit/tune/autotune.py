@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import targets
+from ..codegen.schedule import MAX_SHARES
 from ..conv_layer import ConvSpec
 from ..errors import InputError
 from ..fc_layer import FcSpec
@@ -66,8 +67,10 @@ def autotune(model: Any, target: str | Target = "host", threads: int = 1, budget
     """
     tgt = targets.get(target)
     targets.require_runnable(tgt)
-    if budget < 1 or repeats < 1 or time_bound <= 0 or threads < 1 or finalists < 0 or rounds < 1:
-        raise InputError(f"autotune needs budget, repeats, threads, rounds >= 1, finalists >= 0 "
+    if (budget < 1 or repeats < 1 or time_bound <= 0 or not 1 <= threads <= MAX_SHARES
+            or finalists < 0 or rounds < 1):
+        raise InputError(f"autotune needs budget, repeats, rounds >= 1, threads 1-{MAX_SHARES}, "
+                         f"finalists >= 0 "
                          f"and time_bound > 0; got budget={budget}, repeats={repeats}, "
                          f"threads={threads}, rounds={rounds}, finalists={finalists}, "
                          f"time_bound={time_bound}")

@@ -4,7 +4,7 @@ The kernel is rendered from the layer's spec exactly as compile() renders it (co
 compiled and loaded on its own, run once on random input and compared with the numpy reference
 (output pads must stay untouched: the next layer reads them as zeros), then timed as the
 runtime runs it: through the generated schedule driver, on as many threads as the runtime
-would give the layer, with a barrier after each call; a sample is one driver call over a table
+would give the layer, each call waiting for the one before; a sample is one driver call over a table
 of back-to-back calls, so the threads are handed work once per sample, not once per call as
 a Python pool did before (its hand-off was in every small layer's time). A plan that reads a
 packed input copy runs the generated repack kernel before each call, as the runtime does.
@@ -28,11 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import llvm
-from ..codegen.render import KernelSource
 from ..codegen.repack import kernel_symbol as repack_symbol
 from ..codegen.repack import render_repack
 from ..codegen.schedule import SYMBOL as DRIVER_SYMBOL
-from ..codegen.schedule import render_schedule
+from ..codegen.schedule import schedule_source
 from ..conv_layer import ConvCode, ConvSpec, render_conv
 from ..fc_layer import FcSpec, render_fc
 from ..kernels.direct_conv import DirectConvPlan, Epilogue, output_extent, parallel_units
@@ -53,7 +52,7 @@ MIN_SAMPLES = 3  # fewer timed samples within the bound than this is a timeout
 MIN_SAMPLE_S = 2e-4
 # Split across threads, far longer: on this 2-vCPU VM a ResNet-50 14 x 14 conv (0.5 ms) timed
 # 0.88-1.09x faster on 2 threads in 5 ms samples and 1.62-1.97x in 50 ms ones (rounds
-# interleaved); within a sample a row now and then stalls 2-4 ms at the barrier (the host
+# interleaved); within a sample a row now and then stalled 2-4 ms at the barrier (the host
 # preempting a vCPU: a busy-loop sees such gaps 3x as often when both vCPUs are busy).
 MIN_THREADED_SAMPLE_S = 2e-2
 MAX_CALLS_PER_SAMPLE = 1000
@@ -119,8 +118,7 @@ def measure(spec: ConvSpec, plan: DirectConvPlan, target: Target, repeats: int =
         library.add_object(llvm.compile_object(code.ir, target, plan.codegen_opt)[0])
         if code.pack is not None:
             library.add_object(llvm.compile_object(_repack_ir(spec, code, target), target, 2)[0])
-        driver_source = KernelSource(lambda: render_schedule(target.name), "schedule", target.name)
-        library.add_object(llvm.compile_source(driver_source, target, 2)[0])
+        library.add_object(llvm.compile_source(schedule_source(target.name), target, 2)[0])
         library.finalize()
         kernel, driver = library.address(code.symbol), DriverFn(library.address(DRIVER_SYMBOL))
         repack = (None if code.pack is None else
@@ -182,7 +180,7 @@ def _verify_and_time(spec: ConvSpec, code: ConvCode, kernel: int, repack: int | 
 
     def run(calls: int) -> float:
         """Seconds per call of `calls` back-to-back calls (each with its repack, if any)."""
-        if calls not in tables:  # barriers between the calls, as between a network's layers
+        if calls not in tables:  # each call waits for the one before, as a network's layers do
             tables[calls] = build_table(NativeRun(tuple(call * calls)), arena, threads)
         start = time.perf_counter()
         run_native(driver, tables[calls], pool)

@@ -149,6 +149,8 @@ def test_bad_compile_arguments(chain):
         sparsejit.compile(chain, threads=-1)
     with pytest.raises(InputError, match="threads"):
         sparsejit.compile(chain, threads="two")
+    with pytest.raises(InputError, match="threads must be at most 64"):
+        sparsejit.compile(chain, threads=65)
     with pytest.raises(InputError, match="batch"):
         sparsejit.compile(chain_model(batch="N"), batch=0)
 

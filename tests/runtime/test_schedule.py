@@ -1,8 +1,10 @@
-"""The schedule driver: runs of native steps, the table of kernel calls, threads and barriers."""
+"""The schedule driver: runs of native steps, the table of kernel calls, threads claiming shares
+and waiting for each layer to be done, a thread late or missing."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,14 +12,14 @@ import pytest
 
 from sparsejit import llvm, targets
 from sparsejit.codegen.lrn import kernel_symbol, render_lrn
-from sparsejit.codegen.schedule import SYMBOL, render_schedule
+from sparsejit.codegen.schedule import CLAIMS_WORD, SYMBOL, render_schedule
 from sparsejit.graph.ir import Node
 from sparsejit.kernels.layout import Layout
 from sparsejit.kernels.lrn import LRNWorkload
 from sparsejit.kernels.reference import run_node
 from sparsejit.runtime.buffers import aligned_zeros
 from sparsejit.runtime.schedule import (SEGMENT_FLAG, DriverFn, NativeRun, build_table, group,
-                                       new_barrier, segments)
+                                       new_sync, segments)
 from sparsejit.runtime.steps import NativeRow, Step
 
 from ..tolerances import assert_close
@@ -63,36 +65,72 @@ def library():
     return lib
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_a_chain_of_layers_across_threads_meets_at_barriers(library, threads):
-    """40 LRN layers ping-ponging between two buffers, channels split across threads: each
-    layer reads channels its neighbours' shares wrote in the layer before, so a missing or
-    broken barrier gives wrong numbers (and a broken barrier release hangs: the timeout)."""
-    driver = DriverFn(library.address(SYMBOL))
+def chain_rows(library, shares: int, layers: int, seed: int = 0):
+    """`layers` LRN rows ping-ponging between two buffers, channels cut into `shares` shares:
+    each layer reads channels its neighbours' shares wrote in the layer before, so a layer
+    started before the one before it is done, or a share not run, gives wrong numbers."""
     fn = library.address(kernel_symbol("chain", HOST.vector_width))
-    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32) * 3
+    x = np.random.default_rng(seed).standard_normal(SHAPE).astype(np.float32) * 3
     bufs = [aligned_zeros(LAYOUT.image_stride), aligned_zeros(LAYOUT.image_stride)]
     LAYOUT.write(bufs[0], x)
-    layers = 40
     rows = np.array([NativeRow(fn, bufs[i % 2].ctypes.data, bufs[1 - i % 2].ctypes.data, 0, 1, 16,
-                               False, threads).as_ints(barrier_after=i + 1 < layers)
+                               False, shares).as_ints(barrier_after=i + 1 < layers)
                      for i in range(layers)], np.int64)
-    barrier = new_barrier()
-    workers = [threading.Thread(target=driver, args=(rows.ctypes.data, layers, t, threads,
-                                                     barrier.ctypes.data)) for t in range(1, threads)]
-    for w in workers:
-        w.start()
-    driver(rows.ctypes.data, layers, 0, threads, barrier.ctypes.data)
-    for w in workers:
-        w.join(timeout=30)
-        assert not w.is_alive(), "a thread is stuck at a barrier"
     node = Node("LRN", ["x"], ["y"], {"size": 5, "alpha": 2.0, "beta": 0.75, "bias": 1.0})
     want = x
     for _ in range(layers):
         want = run_node(node, [want])[0]
+    return rows, bufs, want
+
+
+def run_threads(driver, rows, sync, tids, threads, late: dict[int, float] | None = None):
+    """Call the driver on thread 0 (this one) and on a thread per other id in `tids`, each of
+    those `late[tid]` seconds late; returns once all have returned."""
+    def call(tid: int) -> None:
+        time.sleep((late or {}).get(tid, 0.0))
+        driver(rows.ctypes.data, len(rows), tid, threads, sync.ctypes.data)
+
+    others = [threading.Thread(target=call, args=(t,)) for t in tids if t != 0]
+    for w in others:
+        w.start()
+    call(0)
+    for w in others:
+        w.join(timeout=30)
+        assert not w.is_alive(), "a thread is stuck waiting"
+
+
+def check_done(rows, sync, shares: int) -> None:
+    """Every share of every row claimed once and counted once."""
+    assert sync[0] == shares * len(rows), "a share ran twice or was not counted"
+    assert (sync[CLAIMS_WORD:CLAIMS_WORD + len(rows)] == (1 << shares) - 1).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_chain_of_layers_across_threads_waits_for_each_layer(library, threads):
+    driver = DriverFn(library.address(SYMBOL))
+    layers = 40
+    rows, bufs, want = chain_rows(library, threads, layers)
+    sync = new_sync(layers)
+    run_threads(driver, rows, sync, range(threads), threads)
     assert_close(np.array(LAYOUT.read(bufs[layers % 2], 1)), want, what=f"{threads} threads")
-    assert barrier[0] == 0  # every barrier released
+    check_done(rows, sync, threads)
     assert (rows[:, 8] > 0).all()  # thread 0 timed every row
+
+
+@pytest.mark.parametrize("threads, tids, late", [
+    (2, [0], {}),  # the worker never comes: the caller runs every share
+    (3, [0, 2], {}),  # one of two workers never comes
+    (2, [0, 1], {1: 0.2}),  # the worker comes after the caller has run the whole table
+    (3, [0, 1, 2], {0: 0.05, 2: 0.1}),  # the caller itself late, then another
+])
+def test_threads_that_come_late_or_never_cost_nothing_but_their_shares(library, threads, tids, late):
+    driver = DriverFn(library.address(SYMBOL))
+    layers = 30
+    rows, bufs, want = chain_rows(library, threads, layers, seed=threads)
+    sync = new_sync(layers)
+    run_threads(driver, rows, sync, tids, threads, late)
+    assert_close(np.array(LAYOUT.read(bufs[layers % 2], 1)), want, what=f"threads {tids} late {late}")
+    check_done(rows, sync, threads)
 
 
 def test_a_model_runs_its_layers_in_few_driver_calls():
@@ -123,8 +161,8 @@ def test_consecutive_per_image_rows_become_segments():
 @pytest.mark.parametrize("images", [3, 5])
 def test_a_segment_runs_every_image_through_every_layer(library, threads, images):
     """A segment header row then 12 LRN rows ping-ponging between two buffers of `images`
-    images: each thread runs its images through all rows (no barrier inside), the barrier after
-    the segment releases; thread 0 timed its rows, not the header."""
+    images: a share of the header's images is run through all rows (no wait inside), the tail
+    waits for the whole segment."""
     driver = DriverFn(library.address(SYMBOL))
     fn = library.address(kernel_symbol("chain", HOST.vector_width))
     x = np.random.default_rng(images).standard_normal((images, *SHAPE[1:])).astype(np.float32) * 3
@@ -138,22 +176,18 @@ def test_a_segment_runs_every_image_through_every_layer(library, threads, images
     tail = NativeRow(fn, bufs[0].ctypes.data, bufs[1].ctypes.data, 0, images, 16, False,
                      threads).as_ints(barrier_after=False)  # after the segment's barrier
     rows = np.array([header, *body, tail], np.int64)
-    barrier = new_barrier()
-    workers = [threading.Thread(target=driver, args=(rows.ctypes.data, len(rows), t, threads,
-                                                     barrier.ctypes.data)) for t in range(1, threads)]
-    for w in workers:
-        w.start()
-    driver(rows.ctypes.data, len(rows), 0, threads, barrier.ctypes.data)
-    for w in workers:
-        w.join(timeout=30)
-        assert not w.is_alive(), "a thread is stuck at a barrier"
+    sync = new_sync(len(rows))
+    run_threads(driver, rows, sync, range(threads), threads)
     node = Node("LRN", ["x"], ["y"], {"size": 5, "alpha": 2.0, "beta": 0.75, "bias": 1.0})
     want = x
     for _ in range(layers + 1):
         want = run_node(node, [want])[0]
     assert_close(np.array(LAYOUT.read(bufs[1], images)), want, what=f"{threads} threads")
-    assert barrier[0] == 0
-    assert (rows[1:, 8] > 0).all()
+    # the header's shares and the tail's; the segment's rows are run inside the header's shares
+    assert sync[0] == 2 * threads
+    assert rows[-1, 8] > 0
+    if threads == 1:  # thread 0 timed its rows (on more threads, others may take every share)
+        assert (rows[1:, 8] > 0).all()
 
 
 @pytest.mark.parametrize("threads", [1, 2])

@@ -1,6 +1,7 @@
 """Resident workers (runtime/workers.py): a driver call's other threads wait in native code
-between calls; they park after a while and start again; a second caller falls back; close()
-and a collected model stop them; a process exits with a worker spinning."""
+between calls; they sleep after a while and the next call wakes the same thread; they park
+later and start again; a second caller falls back; close() and a collected model stop them,
+spinning or asleep; a process exits with a worker spinning or asleep."""
 
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ import sparsejit
 from sparsejit import llvm, models, targets
 from sparsejit.codegen.lrn import kernel_symbol, render_lrn
 from sparsejit.codegen.schedule import SYMBOL, render_schedule
-from sparsejit.codegen.workers import IDLE, PARKED
+from sparsejit.codegen.workers import IDLE, PARKED, SLEEPING
 from sparsejit.graph.ir import Node
 from sparsejit.kernels.layout import Layout
 from sparsejit.kernels.lrn import LRNWorkload
 from sparsejit.kernels.reference import run_node
 from sparsejit.runtime.buffers import aligned_zeros
-from sparsejit.runtime.schedule import DriverFn, RunTable, new_barrier
+from sparsejit.runtime.schedule import DriverFn, RunTable, new_sync
 from sparsejit.runtime.steps import NativeRow
 from sparsejit.runtime.workers import ResidentWorkers
 
@@ -59,12 +60,12 @@ def make_table(lib, threads: int, seed: int):
     want = x
     for _ in range(LAYERS):
         want = run_node(node, [want])[0]
-    return RunTable(rows, threads, new_barrier(), [f"l{i}" for i in range(LAYERS)]), bufs, want
+    return RunTable(rows, threads, new_sync(LAYERS), [f"l{i}" for i in range(LAYERS)]), bufs, want
 
 
 def check(table, bufs, want, what):
     assert_close(np.array(LAYOUT.read(bufs[LAYERS % 2], 1)), want, what=what)
-    assert table.barrier[0] == 0  # every barrier released
+    assert table.sync[0] == LAYERS * table.threads  # every share run once
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -84,19 +85,78 @@ def test_calls_run_on_the_workers_and_they_stay_between_calls(chain, threads):
     assert not workers.run(driver, table)  # closed: the caller falls back
 
 
-def test_workers_park_and_start_again(chain):
-    workers = ResidentWorkers(2, HOST, spin_seconds=1e-3)
+def worker_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("sparsejit-worker-")}
+
+
+def wait_for_state(workers: ResidentWorkers, state: int, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while workers._boxes[0, 0] != state and time.monotonic() < deadline:
+        time.sleep(1e-3)
+    assert workers._boxes[0, 0] == state, f"the worker never {what} (state {workers._boxes[0, 0]})"
+
+
+def test_workers_sleep_and_the_next_call_wakes_the_same_thread(chain):
+    before = worker_threads()
+    workers = ResidentWorkers(2, HOST, spin_seconds=1e-3, sleep_seconds=60.0)
+    driver = DriverFn(chain.address(SYMBOL))
+    try:
+        started = None
+        for call in range(3):
+            table, bufs, want = make_table(chain, 2, seed=call)
+            start = time.monotonic()
+            assert workers.run(driver, table)
+            # not woken, the sleeper would take the call only at its timeout, a minute later
+            assert time.monotonic() - start < 10, "the call did not wake the sleeping worker"
+            check(table, bufs, want, f"call {call}")
+            wait_for_state(workers, SLEEPING, "went to sleep")
+            threads = worker_threads() - before
+            assert len(threads) == 1, threads
+            started = started or threads
+            assert threads == started, "a new thread ran the call instead of the sleeping one"
+    finally:
+        workers.close()
+    assert workers._boxes[0, 0] == PARKED  # close() woke the sleeper and it returned
+    (thread,) = started
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("sleep_seconds", [0.0, 1e-3])
+def test_workers_park_and_start_again(chain, sleep_seconds):
+    """After spinning (and sleeping, when it does) a worker parks, its thread ends, and the next
+    call starts another."""
+    workers = ResidentWorkers(2, HOST, spin_seconds=1e-3, sleep_seconds=sleep_seconds)
     driver = DriverFn(chain.address(SYMBOL))
     try:
         for call in range(3):
             table, bufs, want = make_table(chain, 2, seed=call)
             assert workers.run(driver, table)
             check(table, bufs, want, f"call {call}")
-            deadline = time.monotonic() + 10
-            while workers._boxes[0, 0] != PARKED and time.monotonic() < deadline:
-                time.sleep(1e-3)
-            assert workers._boxes[0, 0] == PARKED, "the worker never parked"
+            wait_for_state(workers, PARKED, "parked")
     finally:
+        workers.close()
+
+
+@pytest.mark.parametrize("state", [IDLE, SLEEPING])
+def test_a_call_whose_worker_never_comes_runs_on_the_caller_and_withdraws_the_post(chain, state):
+    """A mailbox that says a worker spins (or sleeps) with no thread behind it: a worker whose
+    core is slow to wake. The caller runs every share itself, takes its post back and returns."""
+    workers = ResidentWorkers(2, HOST)
+    driver = DriverFn(chain.address(SYMBOL))
+    workers._boxes[0, 0] = state
+    table, bufs, want = make_table(chain, 2, seed=7)
+    result: list[bool] = []
+    caller = threading.Thread(target=lambda: result.append(workers.run(driver, table)))
+    caller.start()
+    caller.join(30)
+    try:
+        assert not caller.is_alive(), "the caller waited for a worker that never came"
+        assert result == [True]
+        check(table, bufs, want, "the caller alone")
+        assert workers._boxes[0, 0] == state  # the post withdrawn, the mailbox as it was
+    finally:
+        workers._boxes[0, 0] = PARKED  # no thread to stop
         workers.close()
 
 
@@ -122,7 +182,7 @@ def test_a_model_on_two_threads_uses_them_and_close_stops_them():
     for _ in range(3):
         assert_close(cm(x), want, what="tiny on two threads")
     boxes = cm._workers._boxes
-    assert boxes[0, 0] in (IDLE, PARKED) and boxes[0, 8] != 0  # a call went through them
+    assert boxes[0, 0] in (IDLE, SLEEPING) and boxes[0, 8] != 0  # a call went through them
     cm.close()
     assert (boxes[:, 0] == PARKED).all()
     assert_close(cm(x), want, what="tiny after close (the calling thread alone)")
@@ -140,21 +200,27 @@ def test_a_collected_model_stops_its_workers():
     assert (boxes[:, 0] == PARKED).all()
 
 
-def test_a_process_exits_with_a_worker_waiting():
-    """A worker spinning for its next call does not keep the interpreter from exiting."""
-    code = textwrap.dedent("""
+@pytest.mark.parametrize("how", ["spinning", "asleep"])
+def test_a_process_exits_with_a_worker_waiting(how):
+    """A worker spinning for its next call, or asleep, does not keep the interpreter from
+    exiting."""
+    spin = "30.0" if how == "spinning" else "1e-3"
+    code = textwrap.dedent(f"""
         import time, numpy as np, sparsejit
         from sparsejit import models
         import sparsejit.runtime.workers as w
-        w.SPIN_SECONDS = 30.0
+        w.SPIN_SECONDS = {spin}
+        w.SLEEP_SECONDS = 60.0
         cm = sparsejit.compile(models.build("tiny", batch=1), threads=2)
         cm(np.zeros((1, 3, 32, 32), np.float32))
-        print("ran", flush=True)
+        time.sleep(0.1)
+        print("ran", int(cm._workers._boxes[0, 0]), flush=True)
     """)
     start = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90)
     assert out.returncode == 0 and "ran" in out.stdout, out.stderr
-    assert time.monotonic() - start < 30, "the process waited for the worker's spin to end"
+    assert out.stdout.split()[-1] == str(IDLE if how == "spinning" else SLEEPING)
+    assert time.monotonic() - start < 30, f"the process waited for the worker {how}"
 
 
 def test_many_python_threads_share_the_workers():

@@ -190,7 +190,7 @@ def test_unknown_layers_and_bad_arguments(tiny_model, tmp_path):
         sparsejit.autotune(tiny_model, layers=["conv3", "conv99"], log_path=tmp_path / "t.jsonl")
     with pytest.raises(InputError, match="budget"):
         sparsejit.autotune(tiny_model, budget=0, log_path=tmp_path / "t.jsonl")
-    for bad in ({"rounds": 0}, {"finalists": -1}):
+    for bad in ({"rounds": 0}, {"finalists": -1}, {"threads": 65}, {"threads": 0}):
         with pytest.raises(InputError, match=next(iter(bad))):
             sparsejit.autotune(tiny_model, log_path=tmp_path / "t.jsonl", **bad)
     assert not (tmp_path / "t.jsonl").exists()
