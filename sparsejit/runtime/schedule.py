@@ -85,7 +85,7 @@ class RunTable:
     """A NativeRun's kernel calls with this arena's addresses, and their sync block."""
 
     rows: np.ndarray  # int64 [n, ROW_INTS]
-    threads: int  # the most shares any row has: the threads a call should run on
+    threads: int  # the threads a call runs on: the most shares of any row, at most the model's
     sync: np.ndarray  # new_sync(n)
     layers: list[str]  # the step of each row (steps without a call have no row)
 
@@ -144,14 +144,14 @@ def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
              if (row := step.native_row(arena, threads)) is not None]
     items = segments(calls, threads)
 
-    def threads_of(item) -> int:
+    def shares_of(item) -> int:
         return item.threads if isinstance(item, _Segment) else item[1].threads
 
-    most = max((threads_of(item) for item in items), default=1)
+    most = max((shares_of(item) for item in items), default=1)
     ints: list[list[int]] = []
     layers: list[str] = []
     if most > MAX_SHARES:
-        raise ValueError(f"a driver call takes at most {MAX_SHARES} threads, not {most}")
+        raise ValueError(f"a driver call's rows take at most {MAX_SHARES} shares, not {most}")
     for i, item in enumerate(items):
         # on several threads, every row but the last waits until all of it is done: any thread
         # may have run any share of it (or of the rows before), and the next row may read it
@@ -167,7 +167,7 @@ def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
             ints.append(row.as_ints(barrier_after=barrier))
             layers.append(layer)
     rows = np.array(ints, np.int64).reshape(len(ints), ROW_INTS)
-    return RunTable(rows, most, new_sync(len(ints)), layers)
+    return RunTable(rows, min(most, threads), new_sync(len(ints)), layers)
 
 
 def run_native(driver: DriverFn, table: RunTable, pool: ThreadPoolExecutor | None) -> None:
