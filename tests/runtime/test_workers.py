@@ -1,7 +1,8 @@
 """Resident workers (runtime/workers.py): a driver call's other threads wait in native code
 between calls; they sleep after a while and the next call wakes the same thread; they park
-later and start again; a second caller falls back; close() and a collected model stop them,
-spinning or asleep; a process exits with a worker spinning or asleep."""
+later and start again; a call whose worker never comes runs on the caller; a second caller
+falls back; close() and a collected model stop them, spinning or asleep; a process exits with
+a worker spinning or asleep; a forked child runs a model without its parent's workers."""
 
 from __future__ import annotations
 
@@ -246,4 +247,40 @@ def test_many_python_threads_share_the_workers():
     for t in threads:
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads) and not errors, errors
+    cm.close()
+
+
+def test_a_forked_child_runs_a_model_whose_workers_it_did_not_inherit():
+    """fork() copies the mailboxes but not the worker threads: the child's calls find a mailbox
+    that says a worker spins or sleeps, run every share themselves and withdraw the post."""
+    import os
+    import select
+    import signal
+
+    cm = sparsejit.compile(models.build("tiny", batch=1), threads=2)
+    x = np.random.default_rng(5).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    want = cm(x)  # the parent's worker now spins, then sleeps
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: two calls, the answer down the pipe, no Python cleanup
+        try:
+            cm(x)
+            os.write(write_end, cm(x).tobytes())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    data = b""
+    deadline = time.monotonic() + 60
+    while len(data) < want.nbytes and time.monotonic() < deadline:
+        ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(read_end, want.nbytes) if ready else b""
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    if len(data) < want.nbytes:
+        os.kill(pid, signal.SIGKILL)  # stuck waiting for a worker it does not have
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and len(data) == want.nbytes, "the child's call did not finish"
+    assert_close(np.frombuffer(data, np.float32).reshape(want.shape), want, what="tiny in a child")
     cm.close()
