@@ -453,6 +453,13 @@ def is_pointwise(wl: ConvWorkload) -> bool:
             and wl.dilations == (1, 1))
 
 
+def pool_split_flops(dense_flops: int, moved: int) -> int:
+    """The flops by which a pool's split across threads is decided: its reads, or, where that is
+    more, the copy it also is (`moved` elements read and written, half of each counted like a
+    copy's element): a 1x1 subsample or a global average pool moves far more than it adds."""
+    return max(dense_flops, moved // 2 * COPY_FLOPS)
+
+
 def subsampled(wl: ConvWorkload) -> ConvWorkload | None:
     """A strided unpadded 1x1 conv as a stride-1 1x1 conv over its input's every stride-th row
     and column (which a subsample kernel copies out first): its output rows are then dense
@@ -667,7 +674,8 @@ class _Builder:
                          dense_flops=c * wl.out_height * wl.out_width * wl.kernel[0] * wl.kernel[1] * images)
         info.source = KernelSource(lambda: render_pool(node.name, wl, in_layout, out_layout, v, tname),
                                    "pool", node.name, wl, in_layout, out_layout, v, tname)
-        step = st.ActivationKernel(node.name, x, y, None, c, images, info.dense_flops)
+        moved = (c * h * w + c * wl.out_height * wl.out_width) * images
+        step = st.ActivationKernel(node.name, x, y, None, c, images, pool_split_flops(info.dense_flops, moved))
         self._add_kernel(step, info, st.ConvFn)
 
     def lrn(self, node: Node, layouts: dict[str, Layout]) -> None:

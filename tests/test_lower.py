@@ -553,6 +553,22 @@ def test_large_copies_split_across_threads():
     assert useful_threads(2, pack.flops, pack.units, NATIVE_MIN_PARALLEL_FLOPS) == 2
 
 
+@pytest.mark.parametrize("kind", ["subsample", "global average"])
+def test_pools_that_mostly_copy_split_across_threads(kind):
+    """A 1x1 strided max pool (what a strided 1x1 conv's subsample is) and a global average pool
+    add little but move their map: split as copies of that size are (128 x 28 x 28: 100 k
+    elements in), with the same answer as onnxruntime / numpy."""
+    from sparsejit.runtime.steps import NATIVE_MIN_PARALLEL_FLOPS, useful_threads
+    x = np.random.default_rng(5).standard_normal((1, 128, 28, 28)).astype(np.float32)
+    if kind == "subsample":
+        model = node_model("MaxPool", {"x": x}, {}, kernel_shape=[1, 1], strides=[2, 2])
+    else:
+        model = node_model("GlobalAveragePool", {"x": x}, {})
+    cm = compiled_and_checked(model, {"x": x}, threads=2)
+    (pool,) = [s for s in cm.lowered().steps if getattr(s, "flops", None) is not None]
+    assert useful_threads(2, pool.flops, pool.units, NATIVE_MIN_PARALLEL_FLOPS) == 2
+
+
 @pytest.mark.parametrize("batch", [1, 2])
 def test_rows_sharing_side_pads_serve_wider_and_dilated_kernels(batch):
     """A small map that a 5x5 conv and a dilated 3x3 conv read (pads 2): rows two floats longer
