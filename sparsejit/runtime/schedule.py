@@ -21,7 +21,7 @@ from ..codegen.schedule import CLAIMS_WORD, MAX_SHARES, ROW_INTS, YIELD_WORD
 from .buffers import aligned_zeros
 from .steps import Arena, Step
 
-# void sj_run_schedule(ptr table, i64 rows, i64 tid, i64 nthreads, ptr barrier)
+# void sj_run_schedule(ptr table, i64 rows, i64 tid, i64 nthreads, ptr sync)
 DriverFn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                             ctypes.c_void_p)
 
@@ -120,7 +120,7 @@ def segments(calls: list[tuple[str, NativeRow]], threads: int) -> list[tuple[str
     """The calls with each run of at least two consecutive per-image rows over the same
     images (at least one per thread) gathered into a segment. Image by image, an image's
     activations stay in cache from one layer to the next (a batch of 8 spills them), and each
-    thread takes whole images, with no barrier between the segment's layers."""
+    thread takes whole images, with no wait between the segment's layers."""
     out: list[tuple[str, NativeRow] | _Segment] = []
     i = 0
     while i < len(calls):
@@ -155,16 +155,16 @@ def build_table(run: NativeRun, arena: Arena, threads: int) -> RunTable:
     for i, item in enumerate(items):
         # on several threads, every row but the last waits until all of it is done: any thread
         # may have run any share of it (or of the rows before), and the next row may read it
-        barrier = most > 1 and i + 1 < len(items)
+        wait = most > 1 and i + 1 < len(items)
         if isinstance(item, _Segment):
             ints.append([0, 0, 0, 0, item.images, len(item.rows),
-                         SEGMENT_FLAG | (2 if barrier else 0), item.threads, 0, 0])
+                         SEGMENT_FLAG | (2 if wait else 0), item.threads, 0, 0])
             layers.append(f"images one by one: {item.layers[0]} .. {item.layers[-1]}")
-            ints.extend(row.as_ints(barrier_after=False) for row in item.rows)
+            ints.extend(row.as_ints(wait_after=False) for row in item.rows)
             layers.extend(item.layers)
         else:
             layer, row = item
-            ints.append(row.as_ints(barrier_after=barrier))
+            ints.append(row.as_ints(wait_after=wait))
             layers.append(layer)
     rows = np.array(ints, np.int64).reshape(len(ints), ROW_INTS)
     return RunTable(rows, min(most, threads), new_sync(len(ints)), layers)

@@ -91,10 +91,10 @@ class NativeRow:
     threads: int  # how many threads take a share
     per_image: bool = False  # each image is computed alone: may run image by image (a segment)
 
-    def as_ints(self, barrier_after: bool) -> list[int]:
+    def as_ints(self, wait_after: bool) -> list[int]:
         """The driver's table row (codegen/schedule.py ROW_INTS long; ticks start at 0)."""
         return [self.fn, self.a, self.b, self.c, self.images, self.units,
-                int(self.by_image) | (2 if barrier_after else 0), self.threads, 0, 0]
+                int(self.by_image) | (2 if wait_after else 0), self.threads, 0, 0]
 
 
 class Step:

@@ -44,10 +44,12 @@ from .schedule import SCHED_YIELD, DriverFn, RunTable
 # loop calls again well within it (its Python steps between calls take ~0.1-0.3 ms), and a
 # parked worker costs one pool hand-off at the next call, no more.
 SPIN_SECONDS = 2e-3
-# How long a worker then sleeps in the kernel, woken by the next call, before its thread ends. A
-# new thread for the next call costs ~0.1 ms to start and was often placed on the caller's core
-# (ResNet-50 on two threads after a 50 ms pause: its first call 0.6-0.8 ms slower, the next
-# ones 2-3 %); a woken one resumes on its own. A sleeping thread costs nothing but its stack.
+# How long a worker then sleeps in the kernel, woken by the next call, before its thread ends.
+# Waking it spares the caller a new thread's start in Python (~0.1 ms, the caller waiting for
+# it), and only a post to a waiting worker can be withdrawn when the caller has run the whole
+# call first. (Sleeping alone, before the driver let threads claim shares, measured no faster
+# after a pause than a new thread: the late worker still held up each layer.) A sleeping thread
+# costs nothing but its stack.
 SLEEP_SECONDS = 10.0
 
 _Ptr = ctypes.c_void_p

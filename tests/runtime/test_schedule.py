@@ -45,8 +45,8 @@ def test_runs_of_native_steps_are_grouped():
 
 def test_rows_flag_the_barriers_and_image_splits():
     row = NativeRow(1, 2, 3, 4, images=5, units=6, by_image=True, threads=2)
-    assert row.as_ints(barrier_after=True) == [1, 2, 3, 4, 5, 6, 3, 2, 0, 0]  # ticks, padding
-    assert row.as_ints(barrier_after=False)[6] == 1
+    assert row.as_ints(wait_after=True) == [1, 2, 3, 4, 5, 6, 3, 2, 0, 0]  # ticks, padding
+    assert row.as_ints(wait_after=False)[6] == 1
 
 
 HOST = targets.get("host")
@@ -74,7 +74,7 @@ def chain_rows(library, shares: int, layers: int, seed: int = 0):
     bufs = [aligned_zeros(LAYOUT.image_stride), aligned_zeros(LAYOUT.image_stride)]
     LAYOUT.write(bufs[0], x)
     rows = np.array([NativeRow(fn, bufs[i % 2].ctypes.data, bufs[1 - i % 2].ctypes.data, 0, 1, 16,
-                               False, shares).as_ints(barrier_after=i + 1 < layers)
+                               False, shares).as_ints(wait_after=i + 1 < layers)
                      for i in range(layers)], np.int64)
     node = Node("LRN", ["x"], ["y"], {"size": 5, "alpha": 2.0, "beta": 0.75, "bias": 1.0})
     want = x
@@ -171,10 +171,10 @@ def test_a_segment_runs_every_image_through_every_layer(library, threads, images
     layers = 12
     header = [0, 0, 0, 0, images, layers, SEGMENT_FLAG | 2, threads, 0, 0]
     body = [NativeRow(fn, bufs[i % 2].ctypes.data, bufs[1 - i % 2].ctypes.data, 0, images, 16,
-                      False, threads, per_image=True).as_ints(barrier_after=False)
+                      False, threads, per_image=True).as_ints(wait_after=False)
             for i in range(layers)]
     tail = NativeRow(fn, bufs[0].ctypes.data, bufs[1].ctypes.data, 0, images, 16, False,
-                     threads).as_ints(barrier_after=False)  # after the segment's barrier
+                     threads).as_ints(wait_after=False)  # after the segment's barrier
     rows = np.array([header, *body, tail], np.int64)
     sync = new_sync(len(rows))
     run_threads(driver, rows, sync, range(threads), threads)

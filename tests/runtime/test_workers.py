@@ -55,7 +55,7 @@ def make_table(lib, threads: int, seed: int):
     bufs = [aligned_zeros(LAYOUT.image_stride), aligned_zeros(LAYOUT.image_stride)]
     LAYOUT.write(bufs[0], x)
     rows = np.array([NativeRow(fn, bufs[i % 2].ctypes.data, bufs[1 - i % 2].ctypes.data, 0, 1, 16,
-                               False, threads).as_ints(barrier_after=i + 1 < LAYERS)
+                               False, threads).as_ints(wait_after=i + 1 < LAYERS)
                      for i in range(LAYERS)], np.int64)
     node = Node("LRN", ["x"], ["y"], {"size": 5, "alpha": 2.0, "beta": 0.75, "bias": 1.0})
     want = x
