@@ -37,8 +37,7 @@ def _kernel_layer(graph: Graph, node: Node) -> bool:
 
 def _block_alike(wa, wb) -> bool:
     """Would lowering block both weights alike (both sparse or both dense)?"""
-    return (select.used_tap_density(wa) >= select.DENSE_THRESHOLD) == (
-        select.used_tap_density(wb) >= select.DENSE_THRESHOLD)
+    return select.conv_is_dense(wa) == select.conv_is_dense(wb)
 
 
 def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None = None,

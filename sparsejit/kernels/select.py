@@ -20,8 +20,19 @@ from .gemm import GemmPlan
 from .layout import Layout
 
 # Above this weight density a layer is "dense": channels are blocked together, since every
-# channel has every position (union patterns then cost nothing).
+# channel has every position (union patterns then cost nothing). FC layers, and convs with few
+# input channels (first convs), use DENSE_THRESHOLD; other convs the density where the dense
+# blocks overtake one sparse offset list per channel, measured on AMD Zen 4 (AVX-512, both
+# forms of a layer timed interleaved by tune.measure at densities 0.5-1.0, session 24): a
+# 1x1 conv's sparse kernel runs ~45-55 nonzero GFLOP/s, its dense one ~90, crossing at
+# 0.5-0.6 (256 -> 64 on 56 x 56: dense 1.10x at 0.5; 1024 -> 256 on 14 x 14: sparse 1.19x
+# at 0.5, dense 1.07x at 0.6); a conv with more taps sums sparse in shifted frames (aligned
+# loads, ~60-83 GFLOP/s), its dense blocks load misaligned, crossing at 0.71 (512 x 7 x 7),
+# 0.78-0.82 (stride 2 on 56 x 56 and 28 x 28), 0.85 (64 x 56 x 56) and 0.90 (256 x 14 x 14).
+# The rule was 0.6 for every conv: a 60 %-dense 3x3 conv ran 0.74-0.87x of its sparse plan.
 DENSE_THRESHOLD = 0.6
+POINTWISE_DENSE_THRESHOLD = 0.55
+SPATIAL_DENSE_THRESHOLD = 0.8
 # A dense conv with at most this many input channels per group is an image's first conv.
 FEW_INPUT_CHANNELS = 4
 
@@ -56,6 +67,19 @@ def apply_override(plan, override: dict | None, layer: str):
 
 def density(weight: np.ndarray) -> float:
     return float(count_nonzeros(weight)) / max(1, weight.size)
+
+
+def dense_threshold(weight: np.ndarray) -> float:
+    """The used-tap density from which a conv with this weight [M, C/G, R, S] runs dense
+    blocks (see SPATIAL_DENSE_THRESHOLD)."""
+    if weight.shape[1] <= FEW_INPUT_CHANNELS:
+        return DENSE_THRESHOLD
+    return POINTWISE_DENSE_THRESHOLD if weight.shape[2:] == (1, 1) else SPATIAL_DENSE_THRESHOLD
+
+
+def conv_is_dense(weight: np.ndarray, nonzeros: int | None = None) -> bool:
+    """Does a conv with this weight [M, C/G, R, S] run dense channel blocks?"""
+    return used_tap_density(weight, nonzeros) >= dense_threshold(weight)
 
 
 def used_tap_density(weight: np.ndarray, nonzeros: int | None = None) -> float:
@@ -369,7 +393,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     v = target.vector_width
     nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
-    dense = used_tap_density(weight, nonzeros) >= DENSE_THRESHOLD
+    dense = conv_is_dense(weight, nonzeros)
     vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group

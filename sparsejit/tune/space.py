@@ -99,7 +99,7 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
 def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target,
            in_layout: Layout | None) -> _Layer:
     return _Layer(select.accumulator_budget(target), int(np.count_nonzero(weight)),
-                  select.density(weight) >= select.DENSE_THRESHOLD,
+                  select.conv_is_dense(weight),
                   workload.tile_rows, -(-workload.tile_width // target.vector_width),
                   workload.out_channels // workload.group, workload.in_channels // workload.group,
                   workload.group, workload, in_layout)

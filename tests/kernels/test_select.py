@@ -208,6 +208,25 @@ def test_phase_plane_weights_of_a_dense_conv_stay_dense():
     assert select.choose_conv(conv, sparse, tgt).channels_per_block == 1
 
 
+@pytest.mark.parametrize("wl, density, dense", [
+    # 1x1: the dense blocks win from ~0.55 (they ran 1.07-1.26x the sparse plan at 0.6)
+    (ConvWorkload(256, 56, 56, 64, (1, 1)), 0.5, False),
+    (ConvWorkload(1024, 14, 14, 256, (1, 1)), 0.58, True),
+    # more taps: sparse sums in shifted frames win up to ~0.8 (1.15-1.36x at 0.6)
+    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 0.65, False),
+    (ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.75, False),
+    (ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1)), 0.9, True),
+    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 1.0, True),
+    # a first conv (3 input channels) keeps the FC layers' threshold
+    (ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.7, True),
+], ids=str)
+def test_dense_blocks_from_the_density_where_they_win(wl, density, dense):
+    weight = _weight(wl, density)
+    assert select.conv_is_dense(weight) == dense
+    plan = select.choose_conv(wl, weight, targets.get("avx512"))
+    assert (plan.channels_per_block > 1) == dense, plan
+
+
 def test_pointwise_one_vector_columns_tile_in_at_most_8_rows():
     """ResNet-50's 14 x 14 pointwise convs on AVX-512 (one vector per row): 2 tiles of 7 rows,
     not one of 14; 3x3 convs on the same map and wider maps keep their tiles."""
