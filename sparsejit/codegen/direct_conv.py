@@ -7,12 +7,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..kernels.direct_conv import (ConvWorkload, DirectConvPlan, Epilogue, Pattern, origin,
-                                   shifted_sums_misfit, split_output_rows, tails_into_padding, tiles)
+from ..kernels.direct_conv import (LANES_WIDTH, ConvWorkload, DirectConvPlan, Epilogue, Pattern,
+                                   lanes_walk, origin, shifted_sums_misfit, split_output_rows,
+                                   tails_into_padding, tiles)
 from ..kernels.layout import Layout
 from .render import byte_string, float_list, float_literal, i32_list, render, splat, symbol
 
-TEMPLATES = {"table": "conv_direct_table.ll.j2", "unrolled": "conv_direct_unrolled.ll.j2"}
+TEMPLATES = {"table": "conv_direct_table.ll.j2", "unrolled": "conv_direct_unrolled.ll.j2",
+             "lanes": "conv_dense_lanes.ll.j2"}
 # A table kernel with one tile per image (a pruned FC with the batch in the lanes, a small map
 # run in one tile) streams its table once per image, which a large table does from L3 or DRAM:
 # it prefetches the table this far ahead into L2. AMD Zen 4: CaffeNet's fc6 / fc7 / fc8 at batch
@@ -98,6 +100,9 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
     [n0, n1) and channel blocks [b0, b1); with `residual` (a fused Add), it adds the tensor at
     `res` (in that layout) before the activation, else `res` is unused."""
     assert out_layout.phases == 1 and (residual is None or residual.phases == 1)
+    if plan.form == "lanes":
+        return _render_lanes(layer, workload, plan, pattern, bias, epilogue, in_layout, out_layout,
+                             target_name, residual)
     v = plan.vector_width
     ty, tx = tiles(workload, plan)
     sh = workload.strides[0]
@@ -209,3 +214,99 @@ def _block_entries(pattern: Pattern) -> list[SimpleNamespace]:
             entries.append((e, int(pattern.offsets[e]), uses))
         blocks.append(SimpleNamespace(entries=entries, last=last))
     return blocks
+
+
+def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, pattern: Pattern,
+                  bias: np.ndarray, epilogue: Epilogue, in_layout: Layout, out_layout: Layout,
+                  target_name: str, residual: Layout | None) -> str:
+    """The lanes form's module (templates/conv_dense_lanes.ll.j2): same signature as the table
+    kernels', its channel blocks `vector_width` channels each."""
+    v = plan.vector_width
+    assert v == LANES_WIDTH and pattern.weights.shape[1] == v, (layer, plan)
+    walk = lanes_walk(workload, plan, in_layout, out_layout)
+    full, rest = divmod(walk.columns, walk.positions)
+    m = workload.out_channels
+    padded_bias = np.zeros(pattern.blocks * v, np.float32)
+    padded_bias[:m] = bias
+    offsets = pattern.offsets.astype(np.int32) if pattern.entries else np.zeros(1, np.int32)
+    weights = pattern.weights.astype("<f4") if pattern.entries else np.zeros(v, "<f4")
+    stages, transposed = transpose_plan(v)
+    k = SimpleNamespace(
+        name=kernel_symbol(layer, plan),
+        template=TEMPLATES["lanes"],
+        target=target_name,
+        digest=pattern.digest[:16],
+        plan=", ".join(f"{key}={val}" for key, val in asdict(plan).items()),
+        workload=", ".join(f"{key}={val}" for key, val in asdict(workload).items()),
+        nonzeros=pattern.nonzeros,
+        entries=pattern.entries,
+        blocks=pattern.blocks,
+        V=v, M=m,
+        rows=walk.rows, columns=walk.columns, P=walk.positions, full=full, rest=rest,
+        count_masks={n: ", ".join("i1 true" if i < n else "i1 false" for i in range(v))
+                     for n in (walk.positions, rest)},
+        chan_inside=[(pattern.blocks - 1) * v + i < m for i in range(v)],
+        in_img=in_layout.image_stride,
+        in_row=walk.in_row,
+        in_origin=origin(workload, in_layout),
+        out_img=out_layout.image_stride,
+        out_ch=out_layout.channel_stride,
+        out_row=out_layout.row_stride,
+        out_origin=out_layout.interior_origin,
+        residual=residual is not None,
+        res_img=residual.image_stride if residual else 0,
+        res_ch=residual.channel_stride if residual else 0,
+        res_row=residual.row_stride if residual else 0,
+        res_origin=residual.interior_origin if residual else 0,
+        starts=i32_list(pattern.segment_start),
+        offsets=i32_list(offsets),
+        offsets_count=len(offsets),
+        weights=byte_string(weights),
+        weights_bytes=weights.size * 4,
+        bias=float_list(padded_bias),
+        transpose=stages,
+        transposed=transposed,
+        activation=epilogue.activation,
+        alpha_vec=splat(v, f"float {float_literal(epilogue.alpha)}"),
+        clip_min_vec=splat(v, f"float {float_literal(epilogue.clip_min)}"),
+        clip_max_vec=splat(v, f"float {float_literal(epilogue.clip_max)}"),
+    )
+    return render(TEMPLATES["lanes"], k=k)
+
+
+def transpose_plan(v: int) -> tuple[list[SimpleNamespace], list[int]]:
+    """Shuffles transposing v rows of v lanes (values 0..v-1; each shuffle's result is the next
+    value number) and the value holding each column. For v = 16: interleave 32-bit then 64-bit
+    pairs within 128-bit lanes, then gather 128-bit lanes in two steps: 64 two-input shuffles,
+    each one AVX-512 instruction (vunpck*, vshuff32x4). Checked against numpy by the tests."""
+    assert v == 16, v
+    stages: list[SimpleNamespace] = []
+
+    def shuffle(a: int, b: int, mask: list[int]) -> int:
+        stages.append(SimpleNamespace(dst=v + len(stages), a=a, b=b,
+                                      mask=", ".join(f"i32 {i}" for i in mask)))
+        return stages[-1].dst
+
+    def within_lanes(pattern: list[int]) -> list[int]:
+        return [lane * 4 + i if i < 4 else 16 + lane * 4 + i - 4 for lane in range(4) for i in pattern]
+
+    lo32, hi32 = within_lanes([0, 4, 1, 5]), within_lanes([2, 6, 3, 7])
+    lo64, hi64 = within_lanes([0, 1, 4, 5]), within_lanes([2, 3, 6, 7])
+
+    def lanes_of(picks: list[tuple[int, int]]) -> list[int]:
+        return [src * 16 + lane * 4 + i for src, lane in picks for i in range(4)]
+
+    pairs = [x for i in range(8) for x in (shuffle(2 * i, 2 * i + 1, lo32), shuffle(2 * i, 2 * i + 1, hi32))]
+    quads: list[int] = []
+    for g in range(4):
+        t0, t1, t2, t3 = pairs[4 * g:4 * g + 4]
+        quads += [shuffle(t0, t2, lo64), shuffle(t0, t2, hi64), shuffle(t1, t3, lo64), shuffle(t1, t3, hi64)]
+    columns = [0] * 16
+    for j in range(4):
+        for h in range(2):
+            halves = lanes_of([(0, 2 * h), (0, 2 * h + 1), (1, 2 * h), (1, 2 * h + 1)])
+            a = shuffle(quads[j], quads[4 + j], halves)
+            b = shuffle(quads[8 + j], quads[12 + j], halves)
+            for e in range(2):
+                columns[4 * (2 * h + e) + j] = shuffle(a, b, lanes_of([(0, e), (0, 2 + e), (1, e), (1, 2 + e)]))
+    return stages, columns

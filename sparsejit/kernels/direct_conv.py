@@ -82,13 +82,19 @@ class ConvWorkload:
 
 
 LOOP_ORDERS = ("block_tile", "tile_block", "tile_chunk_block")
+FORMS = ("table", "unrolled", "lanes")
+# The lanes form transposes a block of 16 x 16 sums (AVX-512) before storing a channel's
+# positions; narrower vectors are not built.
+LANES_WIDTH = 16
 
 
 @dataclass(frozen=True)
 class DirectConvPlan:
     """Blocking and form of one direct-conv kernel: plain data a tuner can vary."""
 
-    form: str = "table"  # "table": loop over a constant (offset, weights) table; "unrolled"
+    # "table": loop over a constant (offset, weights) table; "unrolled"; "lanes": a dense
+    # block of `vector_width` output channels in the lanes, each input value broadcast
+    form: str = "table"
     vector_width: int = 16
     rows_per_tile: int = 4  # output rows held in accumulators
     vectors_per_row: int = 1  # vectors per row held in accumulators
@@ -108,10 +114,13 @@ class DirectConvPlan:
     # output tiles (each reads its rows' input, mostly what it wrote as the layer before)
     split: str = "blocks"
     codegen_opt: int = 2
+    # lanes form: output positions of a row summed at once (one accumulator each, at most
+    # vector_width); 0: the rule of `lanes_positions`
+    positions: int = 0
 
     def __post_init__(self) -> None:
         checks = [
-            (self.form in ("table", "unrolled"), "form must be 'table' or 'unrolled'"),
+            (self.form in FORMS, f"form must be one of {FORMS}"),
             (self.loop_order in LOOP_ORDERS, f"loop_order must be one of {LOOP_ORDERS}"),
             (self.vector_width in (1, 4, 8, 16), "vector_width must be 1, 4, 8 or 16"),
             (self.split in ("blocks", "tiles"), "split must be 'blocks' or 'tiles'"),
@@ -125,6 +134,16 @@ class DirectConvPlan:
             (not (self.shifted_sums and self.aligned_copies),
              "shifted_sums and aligned_copies are two ways to align loads: take one"),
             (self.codegen_opt in (0, 1, 2, 3), "codegen_opt must be 0..3"),
+            (0 <= self.positions <= max(self.vector_width, 1), "positions must be 0..vector_width"),
+            (self.form != "lanes" or (
+                self.vector_width == LANES_WIDTH and self.channels_per_block == self.vector_width
+                and self.channel_chunk == 0 and self.loop_order == "block_tile"
+                and not (self.aligned_copies or self.shifted_sums or self.split_accumulators)
+                and self.split == "blocks" and self.unroll == 1
+                and self.rows_per_tile == 1 and self.vectors_per_row == 1),
+             f"the lanes form holds {LANES_WIDTH} output channels per block (vector_width and "
+             "channels_per_block), one pass in block_tile order, split by blocks, unroll 1, "
+             "1 x 1 tiles"),
         ]
         for ok, message in checks:
             if not ok:
@@ -132,11 +151,15 @@ class DirectConvPlan:
 
     @property
     def accumulators(self) -> int:
+        if self.form == "lanes":
+            return self.positions or self.vector_width
         split = self.unroll if self.split_accumulators and self.form == "table" else 1
         return self.rows_per_tile * self.vectors_per_row * self.channels_per_block * split
 
     def variant(self) -> str:
         """Names the variant in kernel symbols, e.g. table_v16_r4x1_m1_u2."""
+        if self.form == "lanes":
+            return f"lanes_v{self.vector_width}_p{self.positions}"
         split = "s" if self.split_accumulators else ""
         chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
         order = {"block_tile": "", "tile_block": "_tb", "tile_chunk_block": "_tcb"}[self.loop_order]
@@ -269,6 +292,45 @@ def tap_offsets(workload: ConvWorkload, layout: Layout, channels: int) -> np.nda
         shift = shift * layout.shift_stride
     return (c * layout.channel_stride + r * dh * layout.row_stride
             + ((s * dw) % layout.phases) * layout.phase_width + shift)
+
+
+@dataclass(frozen=True)
+class LanesWalk:
+    """How a lanes kernel walks an image's output: `rows` rows of `columns` positions, in
+    blocks of `positions` (the last block of a row may hold fewer); an output row's first input
+    lies `in_row` floats past the previous row's."""
+
+    rows: int
+    columns: int
+    in_row: int
+    positions: int
+
+
+def lanes_walk(workload: ConvWorkload, plan: DirectConvPlan, in_layout: Layout,
+               out_layout: Layout) -> LanesWalk:
+    """The output rows a lanes kernel walks: the output's own rows (a flattened pointwise conv
+    storing into rows of its own, split_output_rows, reads its plain input W floats a row; a
+    flat run's rows lie flat_stride apart), not the run the table kernels tile."""
+    split = split_output_rows(workload, out_layout)
+    if split:
+        rows, columns, in_row = out_layout.height, split, split
+    elif workload.flat_stride:
+        rows, columns, in_row = workload.out_height, workload.out_width, workload.flat_stride
+    else:
+        rows, columns = workload.out_height, workload.out_width
+        in_row = workload.strides[0] * in_layout.row_stride
+    return LanesWalk(rows, columns, in_row, plan.positions or lanes_positions(columns, plan.vector_width))
+
+
+def lanes_positions(columns: int, vector_width: int) -> int:
+    """Positions per block of a row of `columns`: the largest divisor from half a vector to a
+    vector (56 -> 14, 196 -> 14, 3136 -> 16: every block full), else blocks as even as can be
+    (49 -> 13, 13, 13, 10). On AMD Zen 4 blocks of 13-16 positions ran 101-113 GFLOP/s; more
+    positions share each weight vector load."""
+    for p in range(min(vector_width, columns), vector_width // 2 - 1, -1):
+        if p > 0 and columns % p == 0:
+            return p
+    return -(-columns // -(-columns // vector_width))
 
 
 def parallel_units(workload: ConvWorkload, plan: DirectConvPlan, blocks: int) -> int:

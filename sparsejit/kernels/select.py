@@ -14,8 +14,8 @@ import numpy as np
 from ..arrays import count_nonzeros
 from ..errors import InvalidPlanError
 from ..targets import Target
-from .direct_conv import (ConvWorkload, DirectConvPlan, entry_frames, origin, packed_input, shifted_sums_misfit,
-                          split_output_rows, tap_offsets)
+from .direct_conv import (LANES_WIDTH, ConvWorkload, DirectConvPlan, entry_frames, origin, packed_input,
+                          shifted_sums_misfit, split_output_rows, tap_offsets)
 from .gemm import GemmPlan
 from .layout import Layout
 
@@ -46,6 +46,9 @@ def apply_override(plan, override: dict | None, layer: str):
     """`plan` with the fields of `override` replaced; a clear error for unknown or bad values."""
     if not override:
         return plan
+    if isinstance(plan, DirectConvPlan) and override.get("form") == "lanes" and plan.form != "lanes":
+        # the lanes form has blocking of its own: asking for it asks for that
+        plan = lanes_plan(plan.codegen_opt)
     if isinstance(plan, DirectConvPlan) and override.get("form") == "unrolled":
         # asking for the unrolled form asks for its one pass too (an explicit pass field that
         # contradicts it is still an error)
@@ -399,6 +402,13 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     mg = workload.out_channels // workload.group
     cg = workload.in_channels // workload.group
     first_conv = first_conv_block(target, mg) if dense and cg <= FEW_INPUT_CHANNELS else None
+    override = override or {}
+    if override.get("form") == "lanes" or (
+            dense and cg > FEW_INPUT_CHANNELS and lanes_fit(workload, target) is None
+            and override.get("form", "lanes") == "lanes" and override.keys() <= LANES_FIELDS):
+        if (misfit := lanes_fit(workload, target)) is not None:
+            raise InvalidPlanError(f"layer '{layer}': {misfit}")
+        return apply_override(lanes_plan(), override, layer)
     if first_conv is not None:
         mb, accumulators = first_conv
         rb, cb = first_conv_tile(workload.tile_rows, vectors, accumulators)
@@ -589,6 +599,28 @@ def with_shifted_sums(workload: ConvWorkload, plan: DirectConvPlan, in_layout: L
     aligned = float(np.mean(entry_frames(workload, read, framed, taps) == misaligned))
     pays = aligned >= FRAMES_MIN_ALIGNED_SHARE and aligned > float(np.mean(misaligned == 0))
     return framed if pays else plan
+
+
+# what a plan override may name and still leave a dense layer the lanes form (other fields
+# are the table forms' blocking)
+LANES_FIELDS = {"form", "positions", "codegen_opt"}
+
+
+def lanes_plan(codegen_opt: int = 2) -> DirectConvPlan:
+    """The lanes form's plan: LANES_WIDTH output channels per block, positions by rule."""
+    return DirectConvPlan(form="lanes", vector_width=LANES_WIDTH, rows_per_tile=1, vectors_per_row=1,
+                          channels_per_block=LANES_WIDTH, unroll=1, codegen_opt=codegen_opt)
+
+
+def lanes_fit(workload: ConvWorkload, target: Target) -> str | None:
+    """Why the lanes form cannot run this layer on this target, or None when it can."""
+    if target.vector_width != LANES_WIDTH:
+        return f"the lanes form needs {LANES_WIDTH}-float vectors (AVX-512), not {target.vector_width}"
+    mg = workload.out_channels // workload.group
+    if workload.group > 1 and mg % LANES_WIDTH:
+        return (f"the lanes form's blocks of {LANES_WIDTH} channels must not straddle groups "
+                f"({mg} output channels per group)")
+    return None
 
 
 def _unrolled(plan: DirectConvPlan) -> DirectConvPlan:

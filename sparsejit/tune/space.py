@@ -1,7 +1,8 @@
 """The search space of one conv layer (or pruned FC layer): which plans the autotuner tries, in
 which order.
 
-The knobs are the register block (rows x vectors of accumulators, within the target's register
+A dense layer on AVX-512 starts from the lanes form (output channels in the lanes; its knob is
+the positions per block), then the table form's space. The knobs of the table forms are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
 order, aligned loads (input copies per column shift, or sums in shifted frames), the form (the
 unrolled form only while its code stays small) and, tuned for several threads, how threads
@@ -29,6 +30,8 @@ from ..kernels.sparse_fc import SparseFcPlan, SparseFcWorkload, column_block_wid
 from ..kernels.sparse_fc import choose_plan as choose_fc_plan
 from ..targets import Target
 
+# the lanes form's positions per block tried besides the rule's (lanes_positions)
+LANES_POSITIONS = (8, 12, 16)
 SPARSE_BLOCKS = (1, 2, 4)
 DENSE_BLOCKS = (4, 6, 8)
 UNROLLS = (1, 2, 4)
@@ -79,6 +82,22 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
     default's passes depend on it)."""
     default = select.choose_conv(workload, weight, target, in_layout=in_layout, threads=threads,
                                  out_layout=out_layout)
+    if budget <= 1:
+        return [default]
+    if default.form != "lanes":
+        return _around(default, workload, weight, target, budget, seed, threads, in_layout)
+    # a dense layer on AVX-512: the lanes form's block sizes, then the table form's space
+    lanes = [replace(default, positions=p) for p in LANES_POSITIONS if p != default.positions]
+    table = select.choose_conv(workload, weight, target, {"form": "table"}, in_layout=in_layout,
+                               threads=threads, out_layout=out_layout)
+    room = budget - 1 - len(lanes)
+    rest = _around(table, workload, weight, target, room, seed, threads, in_layout) if room > 0 else []
+    return [default, *lanes, *rest][:budget]
+
+
+def _around(default: DirectConvPlan, workload: ConvWorkload, weight: np.ndarray, target: Target,
+            budget: int, seed: int, threads: int, in_layout: Layout | None) -> list[DirectConvPlan]:
+    """`default`, then neighbours of it and a sample of the table and unrolled forms' space."""
     if budget <= 1:
         return [default]
     layer = _layer(workload, weight, target, in_layout)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from sparsejit import targets
+from sparsejit.errors import InvalidPlanError
 from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import (LOOP_ORDERS, ConvWorkload, DirectConvPlan, flat_pays, flat_rows,
                                           entry_frames, frame_lanes, parallel_units, plane_conv,
@@ -655,3 +656,87 @@ def test_shifted_sums_misfits_and_frames():
         DirectConvPlan(form="unrolled", shifted_sums=True)
     with pytest.raises(ValueError, match="take one"):
         DirectConvPlan(aligned_copies=True, shifted_sums=True)
+
+
+# The lanes form (16 output channels in the lanes of an AVX-512 vector) runs where the host
+# has AVX-512; elsewhere its plan is an InvalidPlanError (test_select.py).
+LANES_TARGETS = [t for t in TARGETS if WIDTHS[t] == 16]
+
+
+@pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("density", [1.0, 0.5, "one", 0.0], ids=str)
+@pytest.mark.parametrize("case", SHAPES, ids=_ids(SHAPES))
+def test_lanes_shapes(case, density, target):
+    """Every kernel size, stride, pad, dilation and batch of SHAPES; groups whose blocks of 16
+    channels would straddle two groups are refused, not run."""
+    case = with_plan(replace(case, density=density, out_channels=case.out_channels + 13),
+                     form="lanes")
+    wl = case.workload()
+    if select.lanes_fit(wl, targets.get(target)) is not None:
+        with pytest.raises(InvalidPlanError, match="straddle"):
+            run_case(case, target, seed=1)
+        return
+    seed = zlib.crc32(f"{case}lanes".encode()) % 10_000
+    assert run_case(case, target, seed).form == "lanes"
+
+
+@pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("positions", [0, 1, 5, 16], ids=lambda p: f"p{p}")
+def test_lanes_widths_and_blocks(positions, target):
+    """Output widths below, at and above a vector and its multiples, in blocks of any number of
+    positions (a last block of fewer), 16 to 48 output channels (a last block of padding
+    channels), grouped in blocks of 16 channels, the residual and each activation."""
+    for i, width in enumerate((1, 7, 15, 16, 17, 33, 56)):
+        for m, group, residual, activation, out_plain in (
+                (16, 1, False, "relu", False), (35, 1, True, "leaky_relu", True),
+                (48, 3, True, "none", False)):
+            case = ConvCase(6 * group, 4, width, m if group == 1 else 16 * group, (3, 3),
+                            pads=(1, 1, 1, 1), group=group, batch=2, density=0.8,
+                            residual=residual, activation=activation, out_plain=out_plain,
+                            plan={"form": "lanes", "positions": positions})
+            ran = run_case(case, target, seed=300 + i)
+            assert ran.positions == positions
+
+
+@pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("density", [1.0, "one"], ids=str)
+@pytest.mark.parametrize("shape", FLAT_CASES, ids=str)
+def test_lanes_flat_runs(shape, density, target):
+    """Layouts of one row stride (a flat run for the table kernels): the lanes form walks the
+    output's own rows; the residual (NaN outside its interior) is read only inside."""
+    c, h, w, m, kernel, pads, extra, dilations, group = shape
+    for residual, batch in ((False, 1), (True, 2)):
+        case = ConvCase(c, h, w, 16 * group + 1 if group == 1 else 16 * group, kernel, pads=pads,
+                        dilations=dilations, group=group, batch=batch, density=density,
+                        plan={"form": "lanes"}, in_extra_pads=extra, out_pads=(1, 0, 1, 0),
+                        residual=residual, flat=True)
+        assert run_case(case, target, seed=zlib.crc32(repr((shape, batch)).encode())).form == "lanes"
+
+
+@pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("density", [1.0, 0.3], ids=str)
+def test_lanes_flattened_pointwise_into_padded_rows(density, target):
+    """A pointwise conv over a plain input, flattened, whose output has rows of its own: the
+    lanes form stores each row's positions into that row (guard page after the buffer, pads
+    untouched)."""
+    for height, width, out_pads, out_plain, batch in (
+            (3, 16, (1, 1, 1, 1), False, 2), (4, 19, (1, 1, 0, 1), False, 1),
+            (5, 37, (0, 2, 0, 0), True, 2)):
+        case = ConvCase(7, height, width, 21, (1, 1), batch=batch, density=density,
+                        plan={"form": "lanes"}, out_pads=out_pads, out_plain=out_plain,
+                        split=True, activation="leaky_relu")
+        assert run_case(case, target, seed=height).form == "lanes"
+
+
+def test_lanes_transpose_plan_transposes():
+    """The epilogue's shuffles, simulated: value i of row p ends in lane p of column i."""
+    from sparsejit.codegen.direct_conv import transpose_plan
+
+    stages, columns = transpose_plan(16)
+    values = [np.arange(16) + 100 * row for row in range(16)]
+    for s in stages:
+        mask = [int(item.split()[1]) for item in s.mask.split(", ")]
+        assert s.dst == len(values)
+        values.append(np.concatenate([values[s.a], values[s.b]])[mask])
+    for column in range(16):
+        assert list(values[columns[column]]) == [100 * row + column for row in range(16)]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from sparsejit import targets
-from sparsejit.kernels import select
+from sparsejit.errors import InvalidPlanError
+from sparsejit.kernels import direct_conv, select
 from sparsejit.kernels.direct_conv import ConvWorkload
 from sparsejit.kernels.layout import Layout
 
@@ -347,14 +348,49 @@ def test_framed_passes_of_small_tiles_carry_enough_fmas():
 def test_dense_layers_visit_every_channel_block_per_tile():
     """A dense layer's tile input stays in L1 while every block of channels reads it (tiles
     outside blocks), in one pass too (CaffeNet conv1 over its phase planes); an image's first
-    conv, a few channels deep, keeps blocks outside tiles."""
-    host = targets.get("avx512")
+    conv, a few channels deep, keeps blocks outside tiles. (AVX2: on AVX-512 dense layers run
+    the lanes form, below.)"""
+    host = targets.get("avx2")
     planes = ConvWorkload(48, 57, 57, 96, (3, 3), flat_stride=57)
     plan = select.choose_conv(planes, np.ones((96, 48, 3, 3), np.float32), host)
     assert plan.channels_per_block == 4 and plan.channel_chunk == 0
     assert plan.loop_order == "tile_block"
     first = ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3))
     assert select.choose_conv(first, np.ones((64, 3, 7, 7), np.float32), host).loop_order == "block_tile"
+
+
+def test_dense_layers_take_the_lanes_form_on_avx512():
+    """Dense layers on AVX-512 put 16 output channels in the lanes (every lane an output
+    whatever the map's width), unless a plan override names table blocking; an image's first
+    conv (a few input channels) keeps its own blocking; narrower vectors keep dense blocks."""
+    host = targets.get("avx512")
+    pointwise = ConvWorkload(1024, 14, 14, 256, (1, 1))
+    dense = np.ones((256, 1024, 1, 1), np.float32)
+    plan = select.choose_conv(pointwise, dense, host)
+    assert plan.form == "lanes" and plan.channels_per_block == 16 and plan.accumulators == 16
+    assert select.choose_conv(pointwise, dense, host, {"positions": 7}).positions == 7
+    table = select.choose_conv(pointwise, dense, host, {"channel_chunk": 128})
+    assert table.form == "table" and table.channels_per_block == 4
+    assert select.choose_conv(pointwise, dense, targets.get("avx2")).form == "table"
+    first = ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3))
+    assert select.choose_conv(first, np.ones((64, 3, 7, 7), np.float32), host).form == "table"
+    sparse = select.choose_conv(pointwise, _weight(pointwise, 0.1), host)
+    assert sparse.form == "table" and sparse.channels_per_block == 1
+    # asked for where it cannot run: an error naming the layer, not a wrong kernel
+    with pytest.raises(InvalidPlanError, match="'pw'.*AVX-512"):
+        select.choose_conv(pointwise, dense, targets.get("avx2"), {"form": "lanes"}, "pw")
+    grouped = ConvWorkload(48, 14, 14, 48, (3, 3), pads=(1, 1, 1, 1), group=6)
+    with pytest.raises(InvalidPlanError, match="'g'.*straddle"):
+        select.choose_conv(grouped, _weight(grouped, 1.0), host, {"form": "lanes"}, "g")
+    assert select.choose_conv(grouped, _weight(grouped, 1.0), host).form == "table"
+
+
+@pytest.mark.parametrize("columns, positions", [(56, 14), (196, 14), (3136, 16), (28, 14),
+                                                (49, 13), (7, 7), (1, 1), (17, 9), (33, 11)])
+def test_lanes_positions_fill_blocks(columns, positions):
+    """A row's positions in blocks of half a vector to a vector, every block full where a
+    divisor allows, else as even as can be."""
+    assert direct_conv.lanes_positions(columns, 16) == positions
 
 
 def test_large_pointwise_convs_split_their_tiles_between_threads():

@@ -10,7 +10,7 @@ from sparsejit import targets
 from sparsejit.kernels import select
 from sparsejit.kernels.direct_conv import ConvWorkload
 from sparsejit.kernels.sparse_fc import SparseFcWorkload, choose_plan, index_bits_for
-from sparsejit.tune.space import FC_ACCUMULATORS, FC_PREFETCH_BYTES, candidates, fc_candidates
+from sparsejit.tune.space import FC_ACCUMULATORS, FC_PREFETCH_BYTES, LANES_POSITIONS, candidates, fc_candidates
 
 from .layers import GROUPED, SPARSE_3X3, STRIDED, weights
 
@@ -61,9 +61,15 @@ def test_dense_layers_block_more_channels():
     wl, _ = CASES["sparse"]
     host = targets.get("avx512")
     sparse = {p.channels_per_block for p in candidates(wl, weights(wl, 0.2, 1), host, 200)}
-    dense = {p.channels_per_block for p in candidates(wl, weights(wl, 1.0, 1), host, 200)}
+    dense_plans = candidates(wl, weights(wl, 1.0, 1), host, 200)
+    dense = {p.channels_per_block for p in dense_plans if p.form != "lanes"}
     assert sparse <= {1, 2, 4} and dense <= {4, 6, 8}
     assert len(sparse) > 1 and len(dense) > 1
+    # on AVX-512 a dense layer's default is the lanes form, its positions per block tried first
+    lanes = [p for p in dense_plans if p.form == "lanes"]
+    assert dense_plans[:len(lanes)] == lanes and len(lanes) == 1 + len(LANES_POSITIONS)
+    assert {p.positions for p in lanes} == {0, *LANES_POSITIONS}
+    assert all(p.channels_per_block == 16 for p in lanes)
 
 
 def test_deterministic_and_budgeted():
