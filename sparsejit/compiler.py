@@ -35,9 +35,14 @@ def _kernel_layer(graph: Graph, node: Node) -> bool:
                                            and fc_weights(graph, node) is not None)
 
 
-def _block_alike(wa, wb) -> bool:
-    """Would lowering block both weights alike (both sparse or both dense)?"""
-    return select.conv_is_dense(wa) == select.conv_is_dense(wb)
+def _block_alike(target: Target):
+    """Would lowering block both weights alike (both sparse or both dense) on `target`? (The
+    convs merged are pointwise, of one group: the lanes form's where the target has its width.)"""
+    lanes = target.vector_width == select.LANES_WIDTH
+
+    def alike(wa, wb) -> bool:
+        return select.conv_is_dense(wa, lanes) == select.conv_is_dense(wb, lanes)
+    return alike
 
 
 def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None = None,
@@ -52,7 +57,7 @@ def bind(graph: Graph, batch: int, target: Target, plans: dict[str, dict] | None
     passes.fold_batchnorm(g)
     passes.fold_scale_shift(g)
     fold.simplify(g, batch)
-    merge_summed_pointwise_convs(g, _block_alike)
+    merge_summed_pointwise_convs(g, _block_alike(target))
     fuse_residual_adds(g, conv_lowerable)
     fuse_activations(g, _kernel_layer)
     _materialize_constant_outputs(g)

@@ -22,17 +22,22 @@ from .layout import Layout
 # Above this weight density a layer is "dense": channels are blocked together, since every
 # channel has every position (union patterns then cost nothing). FC layers, and convs with few
 # input channels (first convs), use DENSE_THRESHOLD; other convs the density where the dense
-# blocks overtake one sparse offset list per channel, measured on AMD Zen 4 (AVX-512, both
-# forms of a layer timed interleaved by tune.measure at densities 0.5-1.0, session 24): a
-# 1x1 conv's sparse kernel runs ~45-55 nonzero GFLOP/s, its dense one ~90, crossing at
-# 0.5-0.6 (256 -> 64 on 56 x 56: dense 1.10x at 0.5; 1024 -> 256 on 14 x 14: sparse 1.19x
-# at 0.5, dense 1.07x at 0.6); a conv with more taps sums sparse in shifted frames (aligned
-# loads, ~60-83 GFLOP/s), its dense blocks load misaligned, crossing at 0.71 (512 x 7 x 7),
-# 0.78-0.82 (stride 2 on 56 x 56 and 28 x 28), 0.85 (64 x 56 x 56) and 0.90 (256 x 14 x 14).
-# The rule was 0.6 for every conv: a 60 %-dense 3x3 conv ran 0.74-0.87x of its sparse plan.
+# kernel overtakes one sparse offset list per channel, measured on AMD Zen 4 (both forms of a
+# layer timed interleaved by tune.measure, random weights, session 24). Blocks of 4 channels
+# (the table form): a 1x1 conv's sparse kernel runs ~45-55 nonzero GFLOP/s, its dense one ~90,
+# crossing at 0.5-0.6 (256 -> 64 on 56 x 56: dense 1.10x at 0.5; 1024 -> 256 on 14 x 14:
+# sparse 1.19x at 0.5, dense 1.07x at 0.6); a conv with more taps sums sparse in shifted
+# frames (aligned loads, ~60-83 GFLOP/s), the dense blocks load misaligned, crossing at 0.71
+# (512 x 7 x 7), 0.78-0.82 (stride 2 on 56 x 56 and 28 x 28), 0.85 (64 x 56 x 56) and 0.90
+# (256 x 14 x 14). The lanes form (AVX-512, 101-116 GFLOP/s) crosses earlier: 1x1 convs at
+# 0.43 (256 -> 64 on 56 x 56, 512 -> 2048 on 7 x 7) and 0.55 (1024 -> 256 on 14 x 14), 3x3
+# convs at 0.57 (7 x 7), 0.65 (stride 2, 56 x 56), 0.70 (14 x 14) and 0.73 (56 x 56).
+# (The rule was 0.6 for every conv: a 60 %-dense 3x3 conv ran 0.74-0.87x of its sparse plan.)
 DENSE_THRESHOLD = 0.6
 POINTWISE_DENSE_THRESHOLD = 0.55
 SPATIAL_DENSE_THRESHOLD = 0.8
+LANES_POINTWISE_DENSE_THRESHOLD = 0.5
+LANES_SPATIAL_DENSE_THRESHOLD = 0.7
 # A dense conv with at most this many input channels per group is an image's first conv.
 FEW_INPUT_CHANNELS = 4
 
@@ -72,17 +77,20 @@ def density(weight: np.ndarray) -> float:
     return float(count_nonzeros(weight)) / max(1, weight.size)
 
 
-def dense_threshold(weight: np.ndarray) -> float:
-    """The used-tap density from which a conv with this weight [M, C/G, R, S] runs dense
-    blocks (see SPATIAL_DENSE_THRESHOLD)."""
+def dense_threshold(weight: np.ndarray, lanes: bool) -> float:
+    """The used-tap density from which a conv with this weight [M, C/G, R, S] runs a dense
+    kernel, the lanes form where `lanes` (see DENSE_THRESHOLD)."""
     if weight.shape[1] <= FEW_INPUT_CHANNELS:
         return DENSE_THRESHOLD
-    return POINTWISE_DENSE_THRESHOLD if weight.shape[2:] == (1, 1) else SPATIAL_DENSE_THRESHOLD
+    if weight.shape[2:] == (1, 1):
+        return LANES_POINTWISE_DENSE_THRESHOLD if lanes else POINTWISE_DENSE_THRESHOLD
+    return LANES_SPATIAL_DENSE_THRESHOLD if lanes else SPATIAL_DENSE_THRESHOLD
 
 
-def conv_is_dense(weight: np.ndarray, nonzeros: int | None = None) -> bool:
-    """Does a conv with this weight [M, C/G, R, S] run dense channel blocks?"""
-    return used_tap_density(weight, nonzeros) >= dense_threshold(weight)
+def conv_is_dense(weight: np.ndarray, lanes: bool, nonzeros: int | None = None) -> bool:
+    """Does a conv with this weight [M, C/G, R, S] run a dense kernel (the lanes form where
+    `lanes`, see lanes_fit)?"""
+    return used_tap_density(weight, nonzeros) >= dense_threshold(weight, lanes)
 
 
 def used_tap_density(weight: np.ndarray, nonzeros: int | None = None) -> float:
@@ -396,7 +404,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     v = target.vector_width
     nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
-    dense = conv_is_dense(weight, nonzeros)
+    dense = conv_is_dense(weight, lanes_fit(workload, target) is None, nonzeros)
     vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group

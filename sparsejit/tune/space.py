@@ -118,7 +118,7 @@ def _around(default: DirectConvPlan, workload: ConvWorkload, weight: np.ndarray,
 def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target,
            in_layout: Layout | None) -> _Layer:
     return _Layer(select.accumulator_budget(target), int(np.count_nonzero(weight)),
-                  select.conv_is_dense(weight),
+                  select.conv_is_dense(weight, select.lanes_fit(workload, target) is None),
                   workload.tile_rows, -(-workload.tile_width // target.vector_width),
                   workload.out_channels // workload.group, workload.in_channels // workload.group,
                   workload.group, workload, in_layout)

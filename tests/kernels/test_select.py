@@ -222,10 +222,27 @@ def test_phase_plane_weights_of_a_dense_conv_stay_dense():
     (ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.7, True),
 ], ids=str)
 def test_dense_blocks_from_the_density_where_they_win(wl, density, dense):
+    """(AVX2: blocks of 4 channels; AVX-512's lanes form below.)"""
     weight = _weight(wl, density)
-    assert select.conv_is_dense(weight) == dense
-    plan = select.choose_conv(wl, weight, targets.get("avx512"))
+    assert select.conv_is_dense(weight, lanes=False) == dense
+    plan = select.choose_conv(wl, weight, targets.get("avx2"))
     assert (plan.channels_per_block > 1) == dense, plan
+
+
+@pytest.mark.parametrize("wl, density, dense", [
+    # 1x1: the lanes form wins from ~0.45-0.55
+    (ConvWorkload(256, 56, 56, 64, (1, 1)), 0.45, False),
+    (ConvWorkload(1024, 14, 14, 256, (1, 1)), 0.53, True),
+    # more taps: from ~0.57-0.73
+    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 0.65, False),
+    (ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.75, True),
+    (ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.55, False),
+], ids=str)
+def test_lanes_form_from_the_density_where_it_wins(wl, density, dense):
+    weight = _weight(wl, density)
+    assert select.conv_is_dense(weight, lanes=True) == dense
+    plan = select.choose_conv(wl, weight, targets.get("avx512"))
+    assert (plan.form == "lanes") == dense, plan
 
 
 def test_pointwise_one_vector_columns_tile_in_at_most_8_rows():
