@@ -12,6 +12,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 import sparsejit
+from sparsejit import targets
 from sparsejit.compiler import _block_alike
 from sparsejit.frontend.onnx_import import import_graph
 from sparsejit.graph.fold import simplify
@@ -61,7 +62,7 @@ def _merged_graph(model, batch):
     graph = import_graph(model)
     simplify(graph, batch)
     before = copy.deepcopy(graph)
-    merge_summed_pointwise_convs(graph, _block_alike)
+    merge_summed_pointwise_convs(graph, _block_alike(targets.get("avx512")))
     return before, graph
 
 
