@@ -243,6 +243,7 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
         blocks=pattern.blocks,
         V=v, M=m,
         rows=walk.rows, columns=walk.columns, P=walk.positions, full=full, rest=rest,
+        rows_outer=plan.loop_order == "tile_block",
         count_masks={n: ", ".join("i1 true" if i < n else "i1 false" for i in range(v))
                      for n in (walk.positions, rest)},
         chan_inside=[(pattern.blocks - 1) * v + i < m for i in range(v)],

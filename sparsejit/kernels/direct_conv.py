@@ -127,23 +127,23 @@ class DirectConvPlan:
             (min(self.rows_per_tile, self.vectors_per_row, self.unroll,
                  self.channels_per_block) >= 1, "tile, unroll and block sizes must be >= 1"),
             (self.channel_chunk >= 0, "channel_chunk must be >= 0"),
-            (self.form == "table" or (self.channel_chunk == 0 and self.loop_order == "block_tile"
+            (self.form != "unrolled" or (self.channel_chunk == 0 and self.loop_order == "block_tile"
                                       and not self.aligned_copies),
              "the unrolled form runs one pass, in block_tile order, on unshifted input"),
-            (self.form == "table" or not self.shifted_sums, "shifted_sums needs the table form"),
+            (self.form != "unrolled" or not self.shifted_sums, "shifted_sums needs the table form"),
             (not (self.shifted_sums and self.aligned_copies),
              "shifted_sums and aligned_copies are two ways to align loads: take one"),
             (self.codegen_opt in (0, 1, 2, 3), "codegen_opt must be 0..3"),
             (0 <= self.positions <= max(self.vector_width, 1), "positions must be 0..vector_width"),
             (self.form != "lanes" or (
                 self.vector_width == LANES_WIDTH and self.channels_per_block == self.vector_width
-                and self.channel_chunk == 0 and self.loop_order == "block_tile"
+                and self.channel_chunk == 0 and self.loop_order in ("block_tile", "tile_block")
                 and not (self.aligned_copies or self.shifted_sums or self.split_accumulators)
                 and self.split == "blocks" and self.unroll == 1
                 and self.rows_per_tile == 1 and self.vectors_per_row == 1),
              f"the lanes form holds {LANES_WIDTH} output channels per block (vector_width and "
-             "channels_per_block), one pass in block_tile order, split by blocks, unroll 1, "
-             "1 x 1 tiles"),
+             "channels_per_block), one pass in block_tile or tile_block order, split by blocks, "
+             "unroll 1, 1 x 1 tiles"),
         ]
         for ok, message in checks:
             if not ok:

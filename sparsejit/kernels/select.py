@@ -416,7 +416,7 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
             and override.get("form", "lanes") == "lanes" and override.keys() <= LANES_FIELDS):
         if (misfit := lanes_fit(workload, target)) is not None:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
-        return apply_override(lanes_plan(), override, layer)
+        return apply_override(lanes_plan(rows_outer=lanes_rows_outer(workload)), override, layer)
     if first_conv is not None:
         mb, accumulators = first_conv
         rb, cb = first_conv_tile(workload.tile_rows, vectors, accumulators)
@@ -614,10 +614,23 @@ def with_shifted_sums(workload: ConvWorkload, plan: DirectConvPlan, in_layout: L
 LANES_FIELDS = {"form", "positions", "codegen_opt"}
 
 
-def lanes_plan(codegen_opt: int = 2) -> DirectConvPlan:
-    """The lanes form's plan: LANES_WIDTH output channels per block, positions by rule."""
+def lanes_plan(codegen_opt: int = 2, rows_outer: bool = False) -> DirectConvPlan:
+    """The lanes form's plan: LANES_WIDTH output channels per block, positions by rule, rows
+    outside blocks ("tile_block") or inside."""
     return DirectConvPlan(form="lanes", vector_width=LANES_WIDTH, rows_per_tile=1, vectors_per_row=1,
-                          channels_per_block=LANES_WIDTH, unroll=1, codegen_opt=codegen_opt)
+                          channels_per_block=LANES_WIDTH, unroll=1, codegen_opt=codegen_opt,
+                          loop_order="tile_block" if rows_outer else "block_tile")
+
+
+def lanes_rows_outer(workload: ConvWorkload) -> bool:
+    """Does the lanes form walk rows outside channel blocks? Where an image's input outweighs
+    the weights: each block would stream the whole input through the caches again (VGG-16
+    conv2_2, 6.4 MB of input for 8 blocks: 62 GFLOP/s), where a row's inputs, read by every
+    block in turn, stay in L2 while the weights stream (conv4_2's 9.4 MB of weights would
+    stream once per row: there blocks stay outside)."""
+    taps = workload.kernel[0] * workload.kernel[1]
+    weights = workload.out_channels * (workload.in_channels // workload.group) * taps
+    return workload.in_channels * workload.height * workload.width > weights
 
 
 def lanes_fit(workload: ConvWorkload, target: Target) -> str | None:

@@ -681,11 +681,13 @@ def test_lanes_shapes(case, density, target):
 
 
 @pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("order", ["block_tile", "tile_block"])
 @pytest.mark.parametrize("positions", [0, 1, 5, 16], ids=lambda p: f"p{p}")
-def test_lanes_widths_and_blocks(positions, target):
+def test_lanes_widths_and_blocks(positions, order, target):
     """Output widths below, at and above a vector and its multiples, in blocks of any number of
     positions (a last block of fewer), 16 to 48 output channels (a last block of padding
-    channels), grouped in blocks of 16 channels, the residual and each activation."""
+    channels), grouped in blocks of 16 channels, the residual and each activation; channel
+    blocks outside rows and inside."""
     for i, width in enumerate((1, 7, 15, 16, 17, 33, 56)):
         for m, group, residual, activation, out_plain in (
                 (16, 1, False, "relu", False), (35, 1, True, "leaky_relu", True),
@@ -693,9 +695,9 @@ def test_lanes_widths_and_blocks(positions, target):
             case = ConvCase(6 * group, 4, width, m if group == 1 else 16 * group, (3, 3),
                             pads=(1, 1, 1, 1), group=group, batch=2, density=0.8,
                             residual=residual, activation=activation, out_plain=out_plain,
-                            plan={"form": "lanes", "positions": positions})
+                            plan={"form": "lanes", "positions": positions, "loop_order": order})
             ran = run_case(case, target, seed=300 + i)
-            assert ran.positions == positions
+            assert (ran.positions, ran.loop_order) == (positions, order)
 
 
 @pytest.mark.parametrize("target", LANES_TARGETS)

@@ -402,6 +402,15 @@ def test_dense_layers_take_the_lanes_form_on_avx512():
     assert select.choose_conv(grouped, _weight(grouped, 1.0), host).form == "table"
 
 
+def test_lanes_rows_outside_blocks_where_the_input_outweighs_the_weights():
+    """VGG-16's conv2_2 (6.4 MB of input, 0.6 MB of weights) walks rows outside its channel
+    blocks; conv4_2 (1.6 MB of input, 9.4 MB of weights) blocks outside rows."""
+    host = targets.get("avx512")
+    for wl, order in ((ConvWorkload(128, 112, 112, 128, (3, 3), pads=(1, 1, 1, 1)), "tile_block"),
+                      (ConvWorkload(512, 28, 28, 512, (3, 3), pads=(1, 1, 1, 1)), "block_tile")):
+        assert select.choose_conv(wl, _weight(wl, 1.0), host).loop_order == order
+
+
 @pytest.mark.parametrize("columns, positions", [(56, 14), (196, 14), (3136, 16), (28, 14),
                                                 (49, 13), (7, 7), (1, 1), (17, 9), (33, 11)])
 def test_lanes_positions_fill_blocks(columns, positions):
