@@ -605,3 +605,24 @@ def test_a_large_pointwise_conv_on_two_threads_splits_its_tiles():
     two = kinds(compiled_and_checked(model, {"x": x}, threads=2))
     assert two["pw"].endswith("_st") and not two["c3"].endswith("_st")
     assert not kinds(sparsejit.compile(model, threads=1))["pw"].endswith("_st")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kernel, strides, width", [(3, 1, 13), (1, 1, 9), (3, 2, 17)])
+def test_dense_convs_run_the_lanes_form_on_avx512(kernel, strides, width, threads):
+    """A dense conv (not an image's first: more than 4 input channels) compiles to the lanes
+    form on an AVX-512 host, its 40 output channels in blocks of 16 divided between threads,
+    and matches onnxruntime at batch 3; on AVX2 it keeps the table form's blocks."""
+    from sparsejit import targets
+    rng = np.random.default_rng(kernel * 10 + strides)
+    x = rng.standard_normal((3, 24, 11, width)).astype(np.float32)
+    w = rng.standard_normal((40, 24, kernel, kernel)).astype(np.float32)
+    b = rng.standard_normal(40).astype(np.float32)
+    model = node_model("Conv", {"x": x}, {"w": w, "b": b}, strides=[strides, strides],
+                       pads=[kernel // 2] * 4)
+    if targets.can_run(targets.get("avx512")) and targets.host_target().vector_width == 16:
+        cm = compiled_and_checked(model, {"x": x}, threads=threads)
+        assert kinds(cm)["conv_node"].startswith("direct lanes_v16"), kinds(cm)
+    avx2 = sparsejit.compile(model, target="avx2", threads=threads)
+    assert "lanes" not in kinds(avx2)["conv_node"]
+    assert_close(avx2(x), run_ort(model, {"x": x})[0], what="avx2")
