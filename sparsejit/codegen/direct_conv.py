@@ -115,15 +115,8 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
     table = np.concatenate([pattern.offsets[:, None].astype(np.int32),
                             pattern.weights.view(np.int32)], axis=1)
     k = SimpleNamespace(
-        name=kernel_symbol(layer, plan),
-        template=TEMPLATES[plan.form],
-        target=target_name,
-        digest=pattern.digest[:16],
-        plan=", ".join(f"{key}={val}" for key, val in asdict(plan).items()),
-        workload=", ".join(f"{key}={val}" for key, val in asdict(workload).items()),
-        nonzeros=pattern.nonzeros,
-        entries=pattern.entries,
-        blocks=pattern.blocks,
+        **_described(layer, workload, plan, pattern, target_name),
+        **_epilogue_fields(v, epilogue, residual),
         V=v, RB=plan.rows_per_tile, CB=plan.vectors_per_row, MB=mb, UK=plan.unroll,
         sets=plan.unroll if plan.split_accumulators else 1,
         # rows and positions per row the kernel tiles (a flat run: one row, see flat_rows)
@@ -164,6 +157,31 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         weights=byte_string(pattern.weights.astype("<f4")) if plan.form == "unrolled" else "",
         weights_bytes=pattern.weights.size * 4,
         block_entries=_block_entries(pattern) if plan.form == "unrolled" else [],
+    )
+    if plan.form == "unrolled" and pattern.weights.size == 0:
+        k.weights, k.weights_bytes = "\\00\\00\\00\\00", 4
+    return render(TEMPLATES[plan.form], k=k)
+
+
+def _described(layer: str, workload: ConvWorkload, plan: DirectConvPlan, pattern: Pattern,
+               target_name: str) -> dict:
+    """The fields naming a kernel and what its header comment says about it."""
+    return dict(
+        name=kernel_symbol(layer, plan),
+        template=TEMPLATES[plan.form],
+        target=target_name,
+        digest=pattern.digest[:16],
+        plan=", ".join(f"{key}={val}" for key, val in asdict(plan).items()),
+        workload=", ".join(f"{key}={val}" for key, val in asdict(workload).items()),
+        nonzeros=pattern.nonzeros,
+        entries=pattern.entries,
+        blocks=pattern.blocks,
+    )
+
+
+def _epilogue_fields(v: int, epilogue: Epilogue, residual: Layout | None) -> dict:
+    """The fields of the epilogue: the activation's constants and the residual's layout."""
+    return dict(
         activation=epilogue.activation,
         residual=residual is not None,
         res_img=residual.image_stride if residual else 0,
@@ -174,9 +192,6 @@ def render_direct_conv(layer: str, workload: ConvWorkload, plan: DirectConvPlan,
         clip_min_vec=splat(v, f"float {float_literal(epilogue.clip_min)}"),
         clip_max_vec=splat(v, f"float {float_literal(epilogue.clip_max)}"),
     )
-    if plan.form == "unrolled" and pattern.weights.size == 0:
-        k.weights, k.weights_bytes = "\\00\\00\\00\\00", 4
-    return render(TEMPLATES[plan.form], k=k)
 
 
 def inside(workload: ConvWorkload, plan: DirectConvPlan, blocks: int) -> dict[str, list[bool]]:
@@ -232,15 +247,8 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
     weights = pattern.weights.astype("<f4") if pattern.entries else np.zeros(v, "<f4")
     stages, transposed = transpose_plan(v)
     k = SimpleNamespace(
-        name=kernel_symbol(layer, plan),
-        template=TEMPLATES["lanes"],
-        target=target_name,
-        digest=pattern.digest[:16],
-        plan=", ".join(f"{key}={val}" for key, val in asdict(plan).items()),
-        workload=", ".join(f"{key}={val}" for key, val in asdict(workload).items()),
-        nonzeros=pattern.nonzeros,
-        entries=pattern.entries,
-        blocks=pattern.blocks,
+        **_described(layer, workload, plan, pattern, target_name),
+        **_epilogue_fields(v, epilogue, residual),
         V=v, M=m,
         rows=walk.rows, columns=walk.columns, P=walk.positions, full=full, rest=rest,
         rows_outer=plan.loop_order == "tile_block",
@@ -254,11 +262,6 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
         out_ch=out_layout.channel_stride,
         out_row=out_layout.row_stride,
         out_origin=out_layout.interior_origin,
-        residual=residual is not None,
-        res_img=residual.image_stride if residual else 0,
-        res_ch=residual.channel_stride if residual else 0,
-        res_row=residual.row_stride if residual else 0,
-        res_origin=residual.interior_origin if residual else 0,
         starts=i32_list(pattern.segment_start),
         offsets=i32_list(offsets),
         offsets_count=len(offsets),
@@ -267,10 +270,6 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
         bias=float_list(padded_bias),
         transpose=stages,
         transposed=transposed,
-        activation=epilogue.activation,
-        alpha_vec=splat(v, f"float {float_literal(epilogue.alpha)}"),
-        clip_min_vec=splat(v, f"float {float_literal(epilogue.clip_min)}"),
-        clip_max_vec=splat(v, f"float {float_literal(epilogue.clip_max)}"),
     )
     return render(TEMPLATES["lanes"], k=k)
 

@@ -209,40 +209,32 @@ def test_phase_plane_weights_of_a_dense_conv_stay_dense():
     assert select.choose_conv(conv, sparse, tgt).channels_per_block == 1
 
 
-@pytest.mark.parametrize("wl, density, dense", [
-    # 1x1: the dense blocks win from ~0.55 (they ran 1.07-1.26x the sparse plan at 0.6)
-    (ConvWorkload(256, 56, 56, 64, (1, 1)), 0.5, False),
-    (ConvWorkload(1024, 14, 14, 256, (1, 1)), 0.58, True),
+@pytest.mark.parametrize("target, wl, density, dense", [
+    # AVX2, blocks of 4 channels. 1x1: they win from ~0.55 (1.07-1.26x the sparse plan at 0.6)
+    ("avx2", ConvWorkload(256, 56, 56, 64, (1, 1)), 0.5, False),
+    ("avx2", ConvWorkload(1024, 14, 14, 256, (1, 1)), 0.58, True),
     # more taps: sparse sums in shifted frames win up to ~0.8 (1.15-1.36x at 0.6)
-    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 0.65, False),
-    (ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.75, False),
-    (ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1)), 0.9, True),
-    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 1.0, True),
+    ("avx2", ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 0.65, False),
+    ("avx2", ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.75, False),
+    ("avx2", ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1)), 0.9, True),
+    ("avx2", ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 1.0, True),
     # a first conv (3 input channels) keeps the FC layers' threshold
-    (ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.7, True),
+    ("avx2", ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.7, True),
+    # AVX-512, the lanes form. 1x1: it wins from ~0.45-0.55; more taps: from ~0.57-0.73
+    ("avx512", ConvWorkload(256, 56, 56, 64, (1, 1)), 0.45, False),
+    ("avx512", ConvWorkload(1024, 14, 14, 256, (1, 1)), 0.53, True),
+    ("avx512", ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 0.65, False),
+    ("avx512", ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.75, True),
+    # a first conv keeps the table form's own blocking
+    ("avx512", ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.55, False),
 ], ids=str)
-def test_dense_blocks_from_the_density_where_they_win(wl, density, dense):
-    """(AVX2: blocks of 4 channels; AVX-512's lanes form below.)"""
+def test_dense_kernels_from_the_density_where_they_win(target, wl, density, dense):
     weight = _weight(wl, density)
-    assert select.conv_is_dense(weight, lanes=False) == dense
-    plan = select.choose_conv(wl, weight, targets.get("avx2"))
-    assert (plan.channels_per_block > 1) == dense, plan
-
-
-@pytest.mark.parametrize("wl, density, dense", [
-    # 1x1: the lanes form wins from ~0.45-0.55
-    (ConvWorkload(256, 56, 56, 64, (1, 1)), 0.45, False),
-    (ConvWorkload(1024, 14, 14, 256, (1, 1)), 0.53, True),
-    # more taps: from ~0.57-0.73
-    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 0.65, False),
-    (ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.75, True),
-    (ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.55, False),
-], ids=str)
-def test_lanes_form_from_the_density_where_it_wins(wl, density, dense):
-    weight = _weight(wl, density)
-    assert select.conv_is_dense(weight, lanes=True) == dense
-    plan = select.choose_conv(wl, weight, targets.get("avx512"))
-    assert (plan.form == "lanes") == dense, plan
+    tgt = targets.get(target)
+    assert select.conv_is_dense(weight, lanes=select.lanes_fit(wl, tgt) is None) == dense
+    plan = select.choose_conv(wl, weight, tgt)
+    dense_plan = plan.form == "lanes" if target == "avx512" else plan.channels_per_block > 1
+    assert dense_plan == dense, plan
 
 
 def test_pointwise_one_vector_columns_tile_in_at_most_8_rows():
