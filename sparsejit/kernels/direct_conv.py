@@ -313,13 +313,19 @@ def lanes_walk(workload: ConvWorkload, plan: DirectConvPlan, in_layout: Layout,
     flat run's rows lie flat_stride apart), not the run the table kernels tile."""
     split = split_output_rows(workload, out_layout)
     if split:
-        rows, columns, in_row = out_layout.height, split, split
+        rows, in_row = out_layout.height, split
     elif workload.flat_stride:
-        rows, columns, in_row = workload.out_height, workload.out_width, workload.flat_stride
+        rows, in_row = workload.out_height, workload.flat_stride
     else:
-        rows, columns = workload.out_height, workload.out_width
-        in_row = workload.strides[0] * in_layout.row_stride
+        rows, in_row = workload.out_height, workload.strides[0] * in_layout.row_stride
+    columns = lanes_columns(workload, out_layout)
     return LanesWalk(rows, columns, in_row, plan.positions or lanes_positions(columns, plan.vector_width))
+
+
+def lanes_columns(workload: ConvWorkload, out_layout: Layout | None) -> int:
+    """Positions per output row a lanes kernel walks (see lanes_walk)."""
+    split = split_output_rows(workload, out_layout) if out_layout is not None else 0
+    return split or workload.out_width
 
 
 def lanes_positions(columns: int, vector_width: int) -> int:

@@ -14,8 +14,9 @@ import numpy as np
 from ..arrays import count_nonzeros
 from ..errors import InvalidPlanError
 from ..targets import Target
-from .direct_conv import (LANES_WIDTH, ConvWorkload, DirectConvPlan, entry_frames, origin, packed_input,
-                          shifted_sums_misfit, split_output_rows, tap_offsets)
+from .direct_conv import (LANES_WIDTH, ConvWorkload, DirectConvPlan, entry_frames, lanes_columns,
+                          lanes_positions, origin, packed_input, shifted_sums_misfit, split_output_rows,
+                          tap_offsets)
 from .gemm import GemmPlan
 from .layout import Layout
 
@@ -416,7 +417,9 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
             and override.get("form", "lanes") == "lanes" and override.keys() <= LANES_FIELDS):
         if (misfit := lanes_fit(workload, target)) is not None:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
-        return apply_override(lanes_plan(rows_outer=lanes_rows_outer(workload)), override, layer)
+        plan = replace(lanes_plan(rows_outer=lanes_rows_outer(workload)),
+                       positions=lanes_positions(lanes_columns(workload, out_layout), LANES_WIDTH))
+        return apply_override(plan, override, layer)
     if first_conv is not None:
         mb, accumulators = first_conv
         rb, cb = first_conv_tile(workload.tile_rows, vectors, accumulators)

@@ -1,8 +1,8 @@
 """The search space of one conv layer (or pruned FC layer): which plans the autotuner tries, in
 which order.
 
-A dense layer on AVX-512 starts from the lanes form (output channels in the lanes; its knob is
-the positions per block), then the table form's space. The knobs of the table forms are the register block (rows x vectors of accumulators, within the target's register
+A dense layer on AVX-512 starts from the lanes form (output channels in the lanes; its knobs are
+the positions per block and the loop order), then the table form's space. The knobs of the table forms are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
 order, aligned loads (input copies per column shift, or sums in shifted frames), the form (the
 unrolled form only while its code stays small) and, tuned for several threads, how threads
@@ -86,8 +86,11 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
         return [default]
     if default.form != "lanes":
         return _around(default, workload, weight, target, budget, seed, threads, in_layout)
-    # a dense layer on AVX-512: the lanes form's block sizes, then the table form's space
+    # a dense layer on AVX-512: the lanes form's block sizes and other loop order, then the
+    # table form's space
+    other_order = "block_tile" if default.loop_order == "tile_block" else "tile_block"
     lanes = [replace(default, positions=p) for p in LANES_POSITIONS if p != default.positions]
+    lanes.append(replace(default, loop_order=other_order))
     table = select.choose_conv(workload, weight, target, {"form": "table"}, in_layout=in_layout,
                                threads=threads, out_layout=out_layout)
     room = budget - 1 - len(lanes)
