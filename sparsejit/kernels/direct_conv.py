@@ -319,7 +319,9 @@ def lanes_walk(workload: ConvWorkload, plan: DirectConvPlan, in_layout: Layout,
     else:
         rows, in_row = workload.out_height, workload.strides[0] * in_layout.row_stride
     columns = lanes_columns(workload, out_layout)
-    return LanesWalk(rows, columns, in_row, plan.positions or lanes_positions(columns, plan.vector_width))
+    taps = workload.kernel[0] * workload.kernel[1]
+    return LanesWalk(rows, columns, in_row,
+                     plan.positions or lanes_positions(columns, plan.vector_width, taps))
 
 
 def lanes_columns(workload: ConvWorkload, out_layout: Layout | None) -> int:
@@ -328,13 +330,20 @@ def lanes_columns(workload: ConvWorkload, out_layout: Layout | None) -> int:
     return split or workload.out_width
 
 
-def lanes_positions(columns: int, vector_width: int) -> int:
-    """Positions per block of a row of `columns`: the largest divisor from half a vector to a
-    vector (56 -> 14, 196 -> 14, 3136 -> 16: every block full), else blocks as even as can be
-    (49 -> 13, 13, 13, 10). On AMD Zen 4 blocks of 13-16 positions ran 101-113 GFLOP/s; more
-    positions share each weight vector load."""
-    for p in range(min(vector_width, columns), vector_width // 2 - 1, -1):
-        if p > 0 and columns % p == 0:
+def lanes_positions(columns: int, vector_width: int, taps: int = 1) -> int:
+    """Positions per block of a row of `columns`: a divisor from half a vector to a vector, so
+    every block is full, else blocks as even as can be (49 -> 13, 13, 13, 10). Which divisor
+    first was measured on AMD Zen 4 (`tune.measure`, 3 interleaved rounds, unpruned): a conv with
+    several taps half a vector (VGG-16 conv1_2 on 224 x 224: 113 GFLOP/s in blocks of 8, 110 of
+    16, 102 of 14; conv2_2 on 112 x 112: 114 / 103 / 106; on 56 x 56 and 14 x 14 maps all
+    within 1 %), a 1x1 conv 14, then the largest (256 -> 64 on 56 x 56 flattened: 104 of 14, 99
+    of 16, 96 of 8; 1024 -> 256 on 14 x 14: 112 of 8, 14 and 16). A short last block (14 in
+    12 + 2) ran 10 % slower."""
+    half = vector_width // 2
+    first = half if taps > 1 else min(14, vector_width)
+    preferred = [first, *range(vector_width, half - 1, -1)]
+    for p in preferred:
+        if p <= columns and columns % p == 0:
             return p
     return -(-columns // -(-columns // vector_width))
 

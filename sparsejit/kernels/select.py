@@ -418,7 +418,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         if (misfit := lanes_fit(workload, target)) is not None:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
         plan = replace(lanes_plan(rows_outer=lanes_rows_outer(workload)),
-                       positions=lanes_positions(lanes_columns(workload, out_layout), LANES_WIDTH))
+                       positions=lanes_positions(lanes_columns(workload, out_layout), LANES_WIDTH,
+                                                 workload.kernel[0] * workload.kernel[1]))
         return apply_override(plan, override, layer)
     if first_conv is not None:
         mb, accumulators = first_conv

@@ -404,12 +404,15 @@ def test_lanes_rows_outside_blocks_where_the_input_outweighs_the_weights():
         assert select.choose_conv(wl, _weight(wl, 1.0), host).loop_order == order
 
 
-@pytest.mark.parametrize("columns, positions", [(56, 14), (196, 14), (3136, 16), (28, 14),
-                                                (49, 13), (7, 7), (1, 1), (17, 9), (33, 11)])
-def test_lanes_positions_fill_blocks(columns, positions):
+@pytest.mark.parametrize("columns, taps, positions", [
+    (56, 1, 14), (196, 1, 14), (3136, 1, 14), (28, 1, 14), (48, 1, 16), (16, 1, 16),
+    (49, 1, 13), (7, 1, 7), (1, 1, 1), (17, 1, 9), (33, 1, 11),
+    (224, 9, 8), (112, 9, 8), (56, 9, 8), (28, 9, 14), (14, 9, 14), (7, 9, 7), (49, 9, 13)])
+def test_lanes_positions_fill_blocks(columns, taps, positions):
     """A row's positions in blocks of half a vector to a vector, every block full where a
-    divisor allows, else as even as can be."""
-    assert direct_conv.lanes_positions(columns, 16) == positions
+    divisor allows (half a vector first for several taps, 14 first for one), else as even as
+    can be."""
+    assert direct_conv.lanes_positions(columns, 16, taps) == positions
 
 
 def test_large_pointwise_convs_split_their_tiles_between_threads():
