@@ -121,7 +121,8 @@ def _around(default: DirectConvPlan, workload: ConvWorkload, weight: np.ndarray,
 def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target,
            in_layout: Layout | None) -> _Layer:
     return _Layer(select.accumulator_budget(target), int(np.count_nonzero(weight)),
-                  select.conv_is_dense(weight, select.lanes_fit(workload, target) is None),
+                  select.conv_is_dense(weight, select.lanes_fit(workload, target) is None,
+                                       positions=workload.out_height * workload.out_width),
                   workload.tile_rows, -(-workload.tile_width // target.vector_width),
                   workload.out_channels // workload.group, workload.in_channels // workload.group,
                   workload.group, workload, in_layout)

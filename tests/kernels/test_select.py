@@ -225,13 +225,20 @@ def test_phase_plane_weights_of_a_dense_conv_stay_dense():
     ("avx512", ConvWorkload(1024, 14, 14, 256, (1, 1)), 0.53, True),
     ("avx512", ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), 0.65, False),
     ("avx512", ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.75, True),
+    # on 7 x 7 maps (the sparse kernels lose a quarter of their lanes) from 0.85 of those
+    ("avx512", ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), 0.62, True),
+    ("avx512", ConvWorkload(512, 14, 14, 512, (3, 3), pads=(1, 1, 1, 1)), 0.62, False),
+    ("avx512", ConvWorkload(512, 7, 7, 2048, (1, 1)), 0.45, True),
+    ("avx512", ConvWorkload(512, 1, 49, 2048, (1, 1)), 0.45, True),  # the same, flattened
+    ("avx512", ConvWorkload(512, 14, 14, 2048, (1, 1)), 0.45, False),
     # a first conv keeps the table form's own blocking
     ("avx512", ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), 0.55, False),
 ], ids=str)
 def test_dense_kernels_from_the_density_where_they_win(target, wl, density, dense):
     weight = _weight(wl, density)
     tgt = targets.get(target)
-    assert select.conv_is_dense(weight, lanes=select.lanes_fit(wl, tgt) is None) == dense
+    lanes = select.lanes_fit(wl, tgt) is None
+    assert select.conv_is_dense(weight, lanes, positions=wl.out_height * wl.out_width) == dense
     plan = select.choose_conv(wl, weight, tgt)
     dense_plan = plan.form == "lanes" if target == "avx512" else plan.channels_per_block > 1
     assert dense_plan == dense, plan
