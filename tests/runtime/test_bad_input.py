@@ -438,3 +438,25 @@ def test_bad_plan_overrides_are_clear_errors(plans, match):
     model = chain_model(batch=1, density=0.3, outputs=("c",))
     with pytest.raises(sparsejit.errors.InvalidPlanError, match=match):
         sparsejit.compile(model, threads=1, batch=1, plans=plans)
+
+
+def test_nan_and_inf_through_a_dense_conv_of_many_channels_match_onnxruntime():
+    """A dense conv past the first (6 input channels: the lanes form on AVX-512 hosts, dense
+    blocks elsewhere) stores its weights, zeros too, as a dense engine does: NaN and Inf reach
+    the same outputs as in onnxruntime."""
+    from sparsejit import targets
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 6, 9, 11)).astype(np.float32)
+    x[0, 0, 4, 4] = np.nan
+    x[1, 5, 0, 10] = np.inf
+    x[2, 2, 8, 0] = -np.inf
+    w = rng.standard_normal((20, 6, 3, 3)).astype(np.float32)
+    w[3, :, 1, 1] = 0.0  # stored zeros: 0 x Inf is NaN here as in onnxruntime
+    model = node_model("Conv", {"x": x}, {"w": w}, pads=[1, 1, 1, 1])
+    cm = sparsejit.compile(model, threads=2)
+    lanes = targets.host_target().vector_width == 16
+    assert cm.layers[0].kernel.startswith("direct lanes") == lanes, cm.layers[0].kernel
+    want = run_ort(model, {"x": x})[0]
+    assert np.isnan(want).any() and np.isinf(want).any()
+    assert_close(cm(x), want, what="dense conv with NaN/Inf inputs")
