@@ -311,14 +311,13 @@ def lanes_walk(workload: ConvWorkload, plan: DirectConvPlan, in_layout: Layout,
     """The output rows a lanes kernel walks: the output's own rows (a flattened pointwise conv
     storing into rows of its own, split_output_rows, reads its plain input W floats a row; a
     flat run's rows lie flat_stride apart), not the run the table kernels tile."""
-    split = split_output_rows(workload, out_layout)
-    if split:
-        rows, in_row = out_layout.height, split
+    columns = lanes_columns(workload, out_layout)
+    if split_output_rows(workload, out_layout):
+        rows, in_row = out_layout.height, columns
     elif workload.flat_stride:
         rows, in_row = workload.out_height, workload.flat_stride
     else:
         rows, in_row = workload.out_height, workload.strides[0] * in_layout.row_stride
-    columns = lanes_columns(workload, out_layout)
     taps = workload.kernel[0] * workload.kernel[1]
     return LanesWalk(rows, columns, in_row,
                      plan.positions or lanes_positions(columns, plan.vector_width, taps))

@@ -416,8 +416,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     v = target.vector_width
     nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
-    dense = conv_is_dense(weight, lanes_fit(workload, target) is None, nonzeros,
-                          workload.out_height * workload.out_width)
+    misfit = lanes_fit(workload, target)  # None: the lanes form can run this layer here
+    dense = conv_is_dense(weight, misfit is None, nonzeros, workload.out_height * workload.out_width)
     vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
@@ -425,9 +425,9 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     first_conv = first_conv_block(target, mg) if dense and cg <= FEW_INPUT_CHANNELS else None
     override = override or {}
     if override.get("form") == "lanes" or (
-            dense and cg > FEW_INPUT_CHANNELS and lanes_fit(workload, target) is None
+            dense and cg > FEW_INPUT_CHANNELS and misfit is None
             and override.get("form", "lanes") == "lanes" and override.keys() <= LANES_FIELDS):
-        if (misfit := lanes_fit(workload, target)) is not None:
+        if misfit is not None:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
         plan = replace(lanes_plan(rows_outer=lanes_rows_outer(workload)),
                        positions=lanes_positions(lanes_columns(workload, out_layout), LANES_WIDTH,
@@ -450,7 +450,6 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     plan = _tile_plan(workload, weight_density, nonzeros, dense, first_conv is not None, mb, rb, cb, v,
                       split, split_stores)
     plan = apply_override(plan, override, layer)
-    override = override or {}
     if dense or in_layout is None or "shifted_sums" in override:
         return plan
 

@@ -2,7 +2,8 @@
 which order.
 
 A dense layer on AVX-512 starts from the lanes form (output channels in the lanes; its knobs are
-the positions per block and the loop order), then the table form's space. The knobs of the table forms are the register block (rows x vectors of accumulators, within the target's register
+the positions per block and the loop order), then the table form's space. The knobs of the
+table forms are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
 order, aligned loads (input copies per column shift, or sums in shifted frames), the form (the
 unrolled form only while its code stays small) and, tuned for several threads, how threads
