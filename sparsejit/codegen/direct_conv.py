@@ -308,5 +308,6 @@ def transpose_plan(v: int) -> tuple[list[SimpleNamespace], list[int]]:
             a = shuffle(quads[j], quads[4 + j], halves)
             b = shuffle(quads[8 + j], quads[12 + j], halves)
             for e in range(2):
-                columns[4 * (2 * h + e) + j] = shuffle(a, b, lanes_of([(0, e), (0, 2 + e), (1, e), (1, 2 + e)]))
+                picks = [(0, e), (0, 2 + e), (1, e), (1, 2 + e)]
+                columns[4 * (2 * h + e) + j] = shuffle(a, b, lanes_of(picks))
     return stages, columns
