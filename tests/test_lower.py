@@ -36,12 +36,13 @@ def test_strided_1x1_conv_subsamples_then_runs_flat(size, stride):
     assert k["conv_node"].startswith("direct ") and "conv_node:pack" not in k
 
 
-def _flat_map_size(vector_width: int) -> int:
-    """A map size whose 3x3 convs run flat on this vector width (7 x 7 on 16 lanes, 3 x 3 on 8)."""
+def _flat_map_size(vector_width: int, pad: int = 1) -> int:
+    """A map size whose 3x3 convs run flat on this vector width where the map's tensors have
+    `pad` on every side (pads 1: 7 x 7 on 16 lanes, 3 x 3 on 8; pads 2: 7 x 7 and 2 x 2)."""
     from sparsejit.kernels.direct_conv import ConvWorkload, flat_pays, flat_rows
     from sparsejit.kernels.layout import Layout
     for size in (7, 3, 2, 1):
-        lay = Layout.padded(1, size, size, (1, 1, 1, 1))
+        lay = Layout.padded(1, size, size, (pad,) * 4)
         run = flat_rows(ConvWorkload(1, size, size, 1, (3, 3), pads=(1, 1, 1, 1)), lay, lay, None,
                         vector_width)
         if run is not None and flat_pays(run, vector_width):
@@ -200,9 +201,12 @@ def _sparse(rng, shape, density=0.5):
 def test_concat_inputs_are_written_in_place(batch, threads):
     """Producers write a Concat's inputs straight into its channels: no copies, the Concat
     takes its inputs' aligned rows, and a 3x3 conv reading the Concat gets its pads. One input
-    also feeds another conv; 3 + 5 + 4 channels make offsets that are not powers of two."""
+    also feeds another conv; 3 + 5 + 4 channels make offsets that are not powers of two. A
+    10 x 16 map: its planes run as aligned rows on 4, 8 and 16 lanes (on a map whose convs run
+    flat, planes a pool also reads keep unaligned lengths and the Concat's inputs are copied:
+    9 x 11 on 8 lanes), 12 rows of 24 or 32 floats, so every channel starts 64-byte aligned."""
     rng = np.random.default_rng(11)
-    x = rng.standard_normal((batch, 3, 9, 11)).astype(np.float32)
+    x = rng.standard_normal((batch, 3, 10, 16)).astype(np.float32)
     ws = {"wa": _sparse(rng, (3, 3, 3, 3)), "wb": _sparse(rng, (5, 3, 1, 1)),
           "wq": _sparse(rng, (4, 3, 1, 1)), "wc": _sparse(rng, (6, 12, 3, 3)),
           "wd": _sparse(rng, (2, 5, 1, 1))}
@@ -448,8 +452,9 @@ def test_aligned_copies_on_a_flat_run_is_a_clear_error():
     assert sparsejit.compile(flat).lowered().layers[0].spec.workload.flat_stride
     with pytest.raises(InvalidPlanError, match="conv_node.*aligned_copies needs row tiles"):
         sparsejit.compile(flat, plans={"conv_node": {"form": "table", "aligned_copies": True}})
-    xs, ws = _plane_case(11, 4, 7, 0, 1.0, seed=1)
+    xs, ws = _plane_case(11, 4, 4, 0, 1.0, seed=1)  # 4 x 4 outputs: flat on 8 and 16 lanes
     planes = node_model("Conv", {"x": xs}, {"w": ws}, strides=[4, 4])
+    assert sparsejit.compile(planes).lowered().layers[-1].spec.workload.flat_stride
     with pytest.raises(InvalidPlanError, match="conv_node"):
         sparsejit.compile(planes, plans={"conv_node": {"form": "table", "aligned_copies": True}})
 
@@ -575,7 +580,7 @@ def test_rows_sharing_side_pads_serve_wider_and_dilated_kernels(batch):
     than the map, each row's left taps reading the previous row's right padding, against
     onnxruntime."""
     from sparsejit import targets
-    size = _flat_map_size(targets.host_target().vector_width)
+    size = _flat_map_size(targets.host_target().vector_width, pad=2)
     rng = np.random.default_rng(11 + batch)
     x = rng.standard_normal((batch, 6, size, size)).astype(np.float32)
     consts = {"w0": _sparse(rng, (8, 6, 3, 3)), "w1": _sparse(rng, (8, 8, 5, 5)),
