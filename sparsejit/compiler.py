@@ -37,8 +37,9 @@ def _kernel_layer(graph: Graph, node: Node) -> bool:
 
 def _block_alike(target: Target):
     """Would lowering block both weights alike (both sparse or both dense) on `target`? (The
-    convs merged are pointwise, of one group: the lanes form's where the target has its width.)"""
-    lanes = target.vector_width == select.LANES_WIDTH
+    convs merged are pointwise, of one group: the lanes form's thresholds where the target takes
+    them, `select.lanes_thresholds`.)"""
+    lanes = select.lanes_thresholds(target)
 
     def alike(wa, wb) -> bool:
         return select.conv_is_dense(wa, lanes) == select.conv_is_dense(wb, lanes)

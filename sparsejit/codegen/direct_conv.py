@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..kernels.direct_conv import (LANES_WIDTH, ConvWorkload, DirectConvPlan, Epilogue, Pattern,
+from ..kernels.direct_conv import (LANES_WIDTHS, ConvWorkload, DirectConvPlan, Epilogue, Pattern,
                                    lanes_walk, origin, shifted_sums_misfit, split_output_rows,
                                    tails_into_padding, tiles)
 from ..kernels.layout import Layout
@@ -235,26 +235,26 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
                   bias: np.ndarray, epilogue: Epilogue, in_layout: Layout, out_layout: Layout,
                   target_name: str, residual: Layout | None) -> str:
     """The lanes form's module (templates/conv_dense_lanes.ll.j2): same signature as the table
-    kernels', its channel blocks `vector_width` channels each."""
-    v = plan.vector_width
-    assert v == LANES_WIDTH and pattern.weights.shape[1] == v, (layer, plan)
+    kernels', its channel blocks `channels_per_block` channels each (whole vectors)."""
+    v, mb = plan.vector_width, plan.channels_per_block
+    assert v in LANES_WIDTHS and mb % v == 0 and pattern.weights.shape[1] == mb, (layer, plan)
     walk = lanes_walk(workload, plan, in_layout, out_layout)
     full, rest = divmod(walk.columns, walk.positions)
     m = workload.out_channels
-    padded_bias = np.zeros(pattern.blocks * v, np.float32)
+    padded_bias = np.zeros(pattern.blocks * mb, np.float32)
     padded_bias[:m] = bias
     offsets = pattern.offsets.astype(np.int32) if pattern.entries else np.zeros(1, np.int32)
-    weights = pattern.weights.astype("<f4") if pattern.entries else np.zeros(v, "<f4")
+    weights = pattern.weights.astype("<f4") if pattern.entries else np.zeros(mb, "<f4")
     stages, transposed = transpose_plan(v)
     k = SimpleNamespace(
         **_described(layer, workload, plan, pattern, target_name),
         **_epilogue_fields(v, epilogue, residual),
-        V=v, M=m,
+        V=v, MB=mb, W=mb // v, M=m,
         rows=walk.rows, columns=walk.columns, P=walk.positions, full=full, rest=rest,
         rows_outer=plan.loop_order == "tile_block",
         count_masks={n: ", ".join("i1 true" if i < n else "i1 false" for i in range(v))
                      for n in (walk.positions, rest)},
-        chan_inside=[(pattern.blocks - 1) * v + i < m for i in range(v)],
+        chan_inside=[(pattern.blocks - 1) * mb + c < m for c in range(mb)],
         in_img=in_layout.image_stride,
         in_row=walk.in_row,
         in_origin=origin(workload, in_layout),
@@ -276,10 +276,11 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
 
 def transpose_plan(v: int) -> tuple[list[SimpleNamespace], list[int]]:
     """Shuffles transposing v rows of v lanes (values 0..v-1; each shuffle's result is the next
-    value number) and the value holding each column. For v = 16: interleave 32-bit then 64-bit
-    pairs within 128-bit lanes, then gather 128-bit lanes in two steps: 64 two-input shuffles,
-    each one AVX-512 instruction (vunpck*, vshuff32x4). Checked against numpy by the tests."""
-    assert v == 16, v
+    value number) and the value holding each column: interleave 32-bit then 64-bit pairs within
+    128-bit lanes, then gather 128-bit lanes (in two steps for v = 16). Each is one two-input
+    instruction: for v = 16 64 of them (vunpck*, vshuff32x4), for v = 8 24 (vunpck*, vshufps,
+    vperm2f128). Checked against numpy by the tests."""
+    assert v in LANES_WIDTHS, v
     stages: list[SimpleNamespace] = []
 
     def shuffle(a: int, b: int, mask: list[int]) -> int:
@@ -288,20 +289,27 @@ def transpose_plan(v: int) -> tuple[list[SimpleNamespace], list[int]]:
         return stages[-1].dst
 
     def within_lanes(pattern: list[int]) -> list[int]:
-        return [lane * 4 + i if i < 4 else 16 + lane * 4 + i - 4 for lane in range(4) for i in pattern]
+        return [lane * 4 + i if i < 4 else v + lane * 4 + i - 4 for lane in range(v // 4) for i in pattern]
 
     lo32, hi32 = within_lanes([0, 4, 1, 5]), within_lanes([2, 6, 3, 7])
     lo64, hi64 = within_lanes([0, 1, 4, 5]), within_lanes([2, 3, 6, 7])
 
     def lanes_of(picks: list[tuple[int, int]]) -> list[int]:
-        return [src * 16 + lane * 4 + i for src, lane in picks for i in range(4)]
+        return [src * v + lane * 4 + i for src, lane in picks for i in range(4)]
 
-    pairs = [x for i in range(8) for x in (shuffle(2 * i, 2 * i + 1, lo32), shuffle(2 * i, 2 * i + 1, hi32))]
+    # pairs[2i], pairs[2i + 1]: rows 2i and 2i + 1 interleaved; quads[4g + c]: rows 4g..4g+3 of
+    # column c (and c + 4, c + 8, ... in the 128-bit lanes above)
+    pairs = [x for i in range(v // 2) for x in (shuffle(2 * i, 2 * i + 1, lo32), shuffle(2 * i, 2 * i + 1, hi32))]
     quads: list[int] = []
-    for g in range(4):
+    for g in range(v // 4):
         t0, t1, t2, t3 = pairs[4 * g:4 * g + 4]
         quads += [shuffle(t0, t2, lo64), shuffle(t0, t2, hi64), shuffle(t1, t3, lo64), shuffle(t1, t3, hi64)]
-    columns = [0] * 16
+    columns = [0] * v
+    if v == 8:
+        for j in range(4):
+            for h in range(2):
+                columns[4 * h + j] = shuffle(quads[j], quads[4 + j], lanes_of([(0, h), (1, h)]))
+        return stages, columns
     for j in range(4):
         for h in range(2):
             halves = lanes_of([(0, 2 * h), (0, 2 * h + 1), (1, 2 * h), (1, 2 * h + 1)])

@@ -83,9 +83,14 @@ class ConvWorkload:
 
 LOOP_ORDERS = ("block_tile", "tile_block", "tile_chunk_block")
 FORMS = ("table", "unrolled", "lanes")
-# The lanes form transposes a block of 16 x 16 sums (AVX-512) before storing a channel's
-# positions; narrower vectors are not built.
-LANES_WIDTH = 16
+# The lanes form transposes a block of V x V sums before storing a channel's positions: built
+# for AVX-512 (16 lanes) and AVX2 (8); SSE's 4 lanes are not.
+LANES_WIDTHS = (8, 16)
+# vectors of output channels one lanes block may hold (each position's broadcast feeds that many FMAs)
+LANES_MAX_VECTORS = 4
+# accumulators of a lanes block of several vectors (16 registers: the rest hold the block's
+# weight vectors and a broadcast)
+LANES_ACCUMULATORS_NARROW = 12
 
 
 @dataclass(frozen=True)
@@ -136,13 +141,15 @@ class DirectConvPlan:
             (self.codegen_opt in (0, 1, 2, 3), "codegen_opt must be 0..3"),
             (0 <= self.positions <= max(self.vector_width, 1), "positions must be 0..vector_width"),
             (self.form != "lanes" or (
-                self.vector_width == LANES_WIDTH and self.channels_per_block == self.vector_width
+                self.vector_width in LANES_WIDTHS and self.channels_per_block % self.vector_width == 0
+                and self.channels_per_block <= LANES_MAX_VECTORS * self.vector_width
                 and self.channel_chunk == 0 and self.loop_order in ("block_tile", "tile_block")
                 and not (self.aligned_copies or self.shifted_sums or self.split_accumulators)
                 and self.split == "blocks" and self.unroll == 1
                 and self.rows_per_tile == 1 and self.vectors_per_row == 1),
-             f"the lanes form holds {LANES_WIDTH} output channels per block (vector_width and "
-             "channels_per_block), one pass in block_tile or tile_block order, split by blocks, "
+             f"the lanes form holds 1 to {LANES_MAX_VECTORS} vectors of output channels per block "
+             f"(vector_width in {LANES_WIDTHS}, channels_per_block a multiple of it), one pass in "
+             "block_tile or tile_block order, split by blocks, "
              "unroll 1, 1 x 1 tiles"),
         ]
         for ok, message in checks:
@@ -152,14 +159,15 @@ class DirectConvPlan:
     @property
     def accumulators(self) -> int:
         if self.form == "lanes":
-            return self.positions or self.vector_width
+            return (self.positions or self.vector_width) * self.channels_per_block // self.vector_width
         split = self.unroll if self.split_accumulators and self.form == "table" else 1
         return self.rows_per_tile * self.vectors_per_row * self.channels_per_block * split
 
     def variant(self) -> str:
         """Names the variant in kernel symbols, e.g. table_v16_r4x1_m1_u2."""
         if self.form == "lanes":
-            return f"lanes_v{self.vector_width}_p{self.positions}"
+            blocks = self.channels_per_block // self.vector_width
+            return f"lanes_v{self.vector_width}_p{self.positions}" + (f"_w{blocks}" if blocks > 1 else "")
         split = "s" if self.split_accumulators else ""
         chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
         order = {"block_tile": "", "tile_block": "_tb", "tile_chunk_block": "_tcb"}[self.loop_order]
@@ -319,8 +327,9 @@ def lanes_walk(workload: ConvWorkload, plan: DirectConvPlan, in_layout: Layout,
     else:
         rows, in_row = workload.out_height, workload.strides[0] * in_layout.row_stride
     taps = workload.kernel[0] * workload.kernel[1]
+    vectors = plan.channels_per_block // plan.vector_width
     return LanesWalk(rows, columns, in_row,
-                     plan.positions or lanes_positions(columns, plan.vector_width, taps))
+                     plan.positions or lanes_positions(columns, plan.vector_width, taps, vectors))
 
 
 def lanes_columns(workload: ConvWorkload, out_layout: Layout | None) -> int:
@@ -329,7 +338,7 @@ def lanes_columns(workload: ConvWorkload, out_layout: Layout | None) -> int:
     return split or workload.out_width
 
 
-def lanes_positions(columns: int, vector_width: int, taps: int = 1) -> int:
+def lanes_positions(columns: int, vector_width: int, taps: int = 1, vectors: int = 1) -> int:
     """Positions per block of a row of `columns`: a divisor from half a vector to a vector, so
     every block is full, else blocks as even as can be (49 -> 13, 13, 13, 10). Which divisor
     first was measured on AMD Zen 4 (`tune.measure`, 3 interleaved rounds, unpruned): a conv with
@@ -337,7 +346,11 @@ def lanes_positions(columns: int, vector_width: int, taps: int = 1) -> int:
     16, 102 of 14; conv2_2 on 112 x 112: 114 / 103 / 106; on 56 x 56 and 14 x 14 maps all
     within 1 %), a 1x1 conv 14, then the largest (256 -> 64 on 56 x 56 flattened: 104 of 14, 99
     of 16, 96 of 8; 1024 -> 256 on 14 x 14: 112 of 8, 14 and 16). A short last block (14 in
-    12 + 2) ran 10 % slower."""
+    12 + 2) ran 10 % slower. Blocks of several `vectors` of channels (AVX2's 16 registers) hold
+    12 accumulators: 6 positions of 2 vectors, 4 of 3 (AMD Zen 3, 2 vectors: 6 positions the
+    fastest, 4 0.7-0.9x of it, 7 (16 registers with the weights and a broadcast) spilled)."""
+    if vectors > 1:
+        return min(columns, LANES_ACCUMULATORS_NARROW // vectors)
     half = vector_width // 2
     first = half if taps > 1 else min(14, vector_width)
     preferred = [first, *range(vector_width, half - 1, -1)]

@@ -14,7 +14,7 @@ import numpy as np
 from ..arrays import count_nonzeros
 from ..errors import InvalidPlanError
 from ..targets import Target
-from .direct_conv import (LANES_WIDTH, ConvWorkload, DirectConvPlan, entry_frames, lanes_columns,
+from .direct_conv import (LANES_WIDTHS, ConvWorkload, DirectConvPlan, entry_frames, lanes_columns,
                           lanes_positions, origin, packed_input, shifted_sums_misfit, split_output_rows,
                           tap_offsets)
 from .gemm import GemmPlan
@@ -60,7 +60,7 @@ def apply_override(plan, override: dict | None, layer: str):
         return plan
     if isinstance(plan, DirectConvPlan) and override.get("form") == "lanes" and plan.form != "lanes":
         # the lanes form has blocking of its own: asking for it asks for that
-        plan = lanes_plan(plan.codegen_opt)
+        plan = lanes_plan(plan.vector_width, plan.codegen_opt)
     if isinstance(plan, DirectConvPlan) and override.get("form") == "unrolled":
         # asking for the unrolled form asks for its one pass too (an explicit pass field that
         # contradicts it is still an error)
@@ -417,7 +417,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     nonzeros = count_nonzeros(weight)  # counted once: compile() runs this per layer
     weight_density = nonzeros / max(1, weight.size)
     misfit = lanes_fit(workload, target)  # None: the lanes form can run this layer here
-    dense = conv_is_dense(weight, misfit is None, nonzeros, workload.out_height * workload.out_width)
+    dense = conv_is_dense(weight, lanes_thresholds(target) and misfit is None, nonzeros,
+                          workload.out_height * workload.out_width)
     vectors = -(-workload.tile_width // v)
     budget = accumulator_budget(target)
     mg = workload.out_channels // workload.group
@@ -426,13 +427,19 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     override = override or {}
     if override.get("form") == "lanes" or (
             dense and cg > FEW_INPUT_CHANNELS and misfit is None
+            and lanes_pays(workload, target, out_layout)
             and override.get("form", "lanes") == "lanes" and override.keys() <= LANES_FIELDS):
+        if v not in LANES_WIDTHS:
+            raise InvalidPlanError(f"layer '{layer}': {misfit}")
+        plan = apply_override(lanes_plan(v, rows_outer=lanes_rows_outer(workload)), override, layer)
+        misfit = lanes_fit(workload, target, plan.channels_per_block)
         if misfit is not None:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
-        plan = replace(lanes_plan(rows_outer=lanes_rows_outer(workload)),
-                       positions=lanes_positions(lanes_columns(workload, out_layout), LANES_WIDTH,
-                                                 workload.kernel[0] * workload.kernel[1]))
-        return apply_override(plan, override, layer)
+        if "positions" in override:
+            return plan
+        return replace(plan, positions=lanes_positions(
+            lanes_columns(workload, out_layout), v, workload.kernel[0] * workload.kernel[1],
+            plan.channels_per_block // v))
     if first_conv is not None:
         mb, accumulators = first_conv
         rb, cb = first_conv_tile(workload.tile_rows, vectors, accumulators)
@@ -629,11 +636,40 @@ def with_shifted_sums(workload: ConvWorkload, plan: DirectConvPlan, in_layout: L
 LANES_FIELDS = {"form", "positions", "codegen_opt"}
 
 
-def lanes_plan(codegen_opt: int = 2, rows_outer: bool = False) -> DirectConvPlan:
-    """The lanes form's plan: LANES_WIDTH output channels per block, positions by rule, rows
-    outside blocks ("tile_block") or inside."""
-    return DirectConvPlan(form="lanes", vector_width=LANES_WIDTH, rows_per_tile=1, vectors_per_row=1,
-                          channels_per_block=LANES_WIDTH, unroll=1, codegen_opt=codegen_opt,
+# Vectors of output channels per lanes block, by vector width. AVX-512 (32 registers): one,
+# 16 positions fit beside it (sums of up to 16 accumulators). AVX2 (16 registers): two, so each
+# broadcast feeds two FMAs (AMD Zen 3, unpruned, `tune.measure`, interleaved rounds, against
+# the table form's dense blocks of 4 channels x 2 vectors: 2 vectors x 6 positions VGG-16
+# conv1_2 1.28x, conv2_2 1.22x, ResNet-50 layer1.0.conv2 1.13-1.22x, layer2.1.conv2 1.23-1.25x;
+# one vector x 8 positions 0.65-0.9x; 3 x 4 level with the table; 2 x 7 spills).
+LANES_VECTORS = {16: 1, 8: 2}
+# AVX2's lanes form runs only convs with several taps on maps at least this wide: elsewhere
+# the table form's dense blocks were as fast or faster (Zen 3, as above: 1x1 convs 0.75-1.1x,
+# 14 x 14 and 7 x 7 maps 0.85-0.93x; 28 x 28 VGG-16 conv4_2 1.03x, 56 x 56 conv3_2 0.94-1.0x).
+LANES_AVX2_MIN_COLUMNS = 28
+
+
+def lanes_thresholds(target: Target) -> bool:
+    """Are this target's dense thresholds the lanes form's? On AVX-512, where it runs every
+    dense conv. On AVX2 it runs only some (`lanes_pays`), a little faster than the table form's
+    dense blocks there; their thresholds stay."""
+    return target.vector_width == 16
+
+
+def lanes_pays(workload: ConvWorkload, target: Target, out_layout: Layout | None) -> bool:
+    """Does a dense conv (not an image's first) take the lanes form by default here?"""
+    if target.vector_width == 16:
+        return True
+    taps = workload.kernel[0] * workload.kernel[1]
+    return taps > 1 and lanes_columns(workload, out_layout) >= LANES_AVX2_MIN_COLUMNS
+
+
+def lanes_plan(vector_width: int, codegen_opt: int = 2, rows_outer: bool = False) -> DirectConvPlan:
+    """The lanes form's plan: LANES_VECTORS vectors of output channels per block, positions by
+    rule, rows outside blocks ("tile_block") or inside."""
+    return DirectConvPlan(form="lanes", vector_width=vector_width, rows_per_tile=1, vectors_per_row=1,
+                          channels_per_block=vector_width * LANES_VECTORS[vector_width], unroll=1,
+                          codegen_opt=codegen_opt,
                           loop_order="tile_block" if rows_outer else "block_tile")
 
 
@@ -648,13 +684,16 @@ def lanes_rows_outer(workload: ConvWorkload) -> bool:
     return workload.in_channels * workload.height * workload.width > weights
 
 
-def lanes_fit(workload: ConvWorkload, target: Target) -> str | None:
-    """Why the lanes form cannot run this layer on this target, or None when it can."""
-    if target.vector_width != LANES_WIDTH:
-        return f"the lanes form needs {LANES_WIDTH}-float vectors (AVX-512), not {target.vector_width}"
+def lanes_fit(workload: ConvWorkload, target: Target, channels: int | None = None) -> str | None:
+    """Why the lanes form cannot run this layer on this target in blocks of `channels` output
+    channels (default: LANES_VECTORS vectors), or None when it can."""
+    v = target.vector_width
+    if v not in LANES_WIDTHS:
+        return f"the lanes form needs 8- or 16-float vectors (AVX2, AVX-512), not {v}"
     mg = workload.out_channels // workload.group
-    if workload.group > 1 and mg % LANES_WIDTH:
-        return (f"the lanes form's blocks of {LANES_WIDTH} channels must not straddle groups "
+    block = channels or v * LANES_VECTORS[v]
+    if workload.group > 1 and mg % block:
+        return (f"the lanes form's blocks of {block} channels must not straddle groups "
                 f"({mg} output channels per group)")
     return None
 

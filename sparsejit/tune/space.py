@@ -1,8 +1,10 @@
 """The search space of one conv layer (or pruned FC layer): which plans the autotuner tries, in
 which order.
 
-A dense layer on AVX-512 starts from the lanes form (output channels in the lanes; its knobs are
-the positions per block and the loop order), then the table form's space. The knobs of the
+A dense layer whose default is the lanes form (output channels in the lanes: every dense conv
+on AVX-512, those with several taps on wide maps on AVX2) starts from it (its knobs: positions
+per block, the loop order and, on AVX2, the vectors of channels per block), then the table
+form's space. The knobs of the
 table forms are the register block (rows x vectors of accumulators, within the target's register
 budget), the output-channel block, the table loop's unroll, the input-channel chunk, the loop
 order, aligned loads (input copies per column shift, or sums in shifted frames), the form (the
@@ -31,8 +33,10 @@ from ..kernels.sparse_fc import SparseFcPlan, SparseFcWorkload, column_block_wid
 from ..kernels.sparse_fc import choose_plan as choose_fc_plan
 from ..targets import Target
 
-# the lanes form's positions per block tried besides the rule's (lanes_positions)
-LANES_POSITIONS = (8, 12, 16)
+# the lanes form's positions per block tried besides the rule's (lanes_positions), by vector
+# width; and the vectors of channels per block tried besides the default's (select.LANES_VECTORS)
+LANES_POSITIONS = {16: (8, 12, 16), 8: (4, 5, 6)}
+LANES_VECTORS = {16: (), 8: (1, 3)}
 SPARSE_BLOCKS = (1, 2, 4)
 DENSE_BLOCKS = (4, 6, 8)
 UNROLLS = (1, 2, 4)
@@ -87,11 +91,13 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
         return [default]
     if default.form != "lanes":
         return _around(default, workload, weight, target, budget, seed, threads, in_layout)
-    # a dense layer on AVX-512: the lanes form's block sizes and other loop order, then the
-    # table form's space
+    # a dense layer in the lanes form: its block sizes and other loop order, then the table
+    # form's space
+    v = default.vector_width
     other_order = "block_tile" if default.loop_order == "tile_block" else "tile_block"
-    lanes = [replace(default, positions=p) for p in LANES_POSITIONS if p != default.positions]
+    lanes = [replace(default, positions=p) for p in LANES_POSITIONS[v] if p != default.positions]
     lanes.append(replace(default, loop_order=other_order))
+    lanes += [replace(default, channels_per_block=w * v, positions=0) for w in LANES_VECTORS[v]]
     table = select.choose_conv(workload, weight, target, {"form": "table"}, in_layout=in_layout,
                                threads=threads, out_layout=out_layout)
     room = budget - 1 - len(lanes)
@@ -122,7 +128,8 @@ def _around(default: DirectConvPlan, workload: ConvWorkload, weight: np.ndarray,
 def _layer(workload: ConvWorkload, weight: np.ndarray, target: Target,
            in_layout: Layout | None) -> _Layer:
     return _Layer(select.accumulator_budget(target), int(np.count_nonzero(weight)),
-                  select.conv_is_dense(weight, select.lanes_fit(workload, target) is None,
+                  select.conv_is_dense(weight, select.lanes_thresholds(target)
+                                       and select.lanes_fit(workload, target) is None,
                                        positions=workload.out_height * workload.out_width),
                   workload.tile_rows, -(-workload.tile_width // target.vector_width),
                   workload.out_channels // workload.group, workload.in_channels // workload.group,

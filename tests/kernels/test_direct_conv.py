@@ -658,17 +658,17 @@ def test_shifted_sums_misfits_and_frames():
         DirectConvPlan(aligned_copies=True, shifted_sums=True)
 
 
-# The lanes form (16 output channels in the lanes of an AVX-512 vector) runs where the host
-# has AVX-512; elsewhere its plan is an InvalidPlanError (test_select.py).
-LANES_TARGETS = [t for t in TARGETS if WIDTHS[t] == 16]
+# The lanes form (a vector of output channels in the lanes: 16 on AVX-512, 8 on AVX2) runs
+# where the host has those; on SSE its plan is an InvalidPlanError (test_select.py).
+LANES_TARGETS = [t for t in TARGETS if WIDTHS[t] in (8, 16)]
 
 
 @pytest.mark.parametrize("target", LANES_TARGETS)
 @pytest.mark.parametrize("density", [1.0, 0.5, "one", 0.0], ids=str)
 @pytest.mark.parametrize("case", SHAPES, ids=_ids(SHAPES))
 def test_lanes_shapes(case, density, target):
-    """Every kernel size, stride, pad, dilation and batch of SHAPES; groups whose blocks of 16
-    channels would straddle two groups are refused, not run."""
+    """Every kernel size, stride, pad, dilation and batch of SHAPES; groups whose blocks of a
+    vector of channels would straddle two groups are refused, not run."""
     case = with_plan(replace(case, density=density, out_channels=case.out_channels + 13),
                      form="lanes")
     wl = case.workload()
@@ -682,12 +682,13 @@ def test_lanes_shapes(case, density, target):
 
 @pytest.mark.parametrize("target", LANES_TARGETS)
 @pytest.mark.parametrize("order", ["block_tile", "tile_block"])
-@pytest.mark.parametrize("positions", [0, 1, 5, 16], ids=lambda p: f"p{p}")
+@pytest.mark.parametrize("positions", [0, 1, 5, "vector"], ids=lambda p: f"p{p}")
 def test_lanes_widths_and_blocks(positions, order, target):
     """Output widths below, at and above a vector and its multiples, in blocks of any number of
-    positions (a last block of fewer), 16 to 48 output channels (a last block of padding
-    channels), grouped in blocks of 16 channels, the residual and each activation; channel
-    blocks outside rows and inside."""
+    positions up to a vector (a last block of fewer), 16 to 48 output channels (a last block of
+    padding channels), grouped in blocks of 16 channels, the residual and each activation;
+    channel blocks outside rows and inside."""
+    positions = WIDTHS[target] if positions == "vector" else positions
     for i, width in enumerate((1, 7, 15, 16, 17, 33, 56)):
         for m, group, residual, activation, out_plain in (
                 (16, 1, False, "relu", False), (35, 1, True, "leaky_relu", True),
@@ -698,6 +699,23 @@ def test_lanes_widths_and_blocks(positions, order, target):
                             plan={"form": "lanes", "positions": positions, "loop_order": order})
             ran = run_case(case, target, seed=300 + i)
             assert (ran.positions, ran.loop_order) == (positions, order)
+
+
+@pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("vectors", [1, 2, 3])
+def test_lanes_blocks_of_several_vectors(vectors, target):
+    """Blocks of 1-3 vectors of channels (AVX2's default is 2: each broadcast feeds both
+    vectors' FMAs): every vector's sums transposed and stored to its own channels, the last
+    block's padding channels and positions masked, the residual read per channel."""
+    v = WIDTHS[target]
+    for i, (width, m, group, positions) in enumerate(((1, 5, 1, 0), (7, 2 * v * vectors + 3, 1, 0),
+                                                      (17, v * vectors * 2, 2, 5), (56, 35, 1, 0))):
+        case = ConvCase(4 * group, 3, width, m, (3, 3), pads=(1, 1, 1, 1), group=group, batch=2,
+                        density=0.9, residual=i % 2 == 1, activation="relu",
+                        plan={"form": "lanes", "channels_per_block": v * vectors,
+                              "positions": positions})
+        ran = run_case(case, target, seed=700 + 10 * vectors + i)
+        assert ran.channels_per_block == v * vectors
 
 
 @pytest.mark.parametrize("target", LANES_TARGETS)
@@ -730,15 +748,17 @@ def test_lanes_flattened_pointwise_into_padded_rows(density, target):
         assert run_case(case, target, seed=height).form == "lanes"
 
 
-def test_lanes_transpose_plan_transposes():
+@pytest.mark.parametrize("v, shuffles", [(8, 24), (16, 64)])
+def test_lanes_transpose_plan_transposes(v, shuffles):
     """The epilogue's shuffles, simulated: value i of row p ends in lane p of column i."""
     from sparsejit.codegen.direct_conv import transpose_plan
 
-    stages, columns = transpose_plan(16)
-    values = [np.arange(16) + 100 * row for row in range(16)]
+    stages, columns = transpose_plan(v)
+    assert len(stages) == shuffles
+    values = [np.arange(v) + 100 * row for row in range(v)]
     for s in stages:
         mask = [int(item.split()[1]) for item in s.mask.split(", ")]
-        assert s.dst == len(values)
+        assert s.dst == len(values) and len(mask) == v
         values.append(np.concatenate([values[s.a], values[s.b]])[mask])
-    for column in range(16):
-        assert list(values[columns[column]]) == [100 * row + column for row in range(16)]
+    for column in range(v):
+        assert list(values[columns[column]]) == [100 * row + column for row in range(v)]

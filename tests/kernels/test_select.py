@@ -237,7 +237,7 @@ def test_phase_plane_weights_of_a_dense_conv_stay_dense():
 def test_dense_kernels_from_the_density_where_they_win(target, wl, density, dense):
     weight = _weight(wl, density)
     tgt = targets.get(target)
-    lanes = select.lanes_fit(wl, tgt) is None
+    lanes = select.lanes_thresholds(tgt) and select.lanes_fit(wl, tgt) is None
     assert select.conv_is_dense(weight, lanes, positions=wl.out_height * wl.out_width) == dense
     plan = select.choose_conv(wl, weight, tgt)
     dense_plan = plan.form == "lanes" if target == "avx512" else plan.channels_per_block > 1
@@ -363,12 +363,12 @@ def test_framed_passes_of_small_tiles_carry_enough_fmas():
 
 def test_dense_layers_visit_every_channel_block_per_tile():
     """A dense layer's tile input stays in L1 while every block of channels reads it (tiles
-    outside blocks), in one pass too (CaffeNet conv1 over its phase planes); an image's first
-    conv, a few channels deep, keeps blocks outside tiles. (AVX2: on AVX-512 dense layers run
-    the lanes form, below.)"""
+    outside blocks), in one pass too (48 input channels); an image's first conv, a few
+    channels deep, keeps blocks outside tiles. (AVX2, on a map narrower than its lanes form
+    takes; on AVX-512 dense layers run the lanes form, below.)"""
     host = targets.get("avx2")
-    planes = ConvWorkload(48, 57, 57, 96, (3, 3), flat_stride=57)
-    plan = select.choose_conv(planes, np.ones((96, 48, 3, 3), np.float32), host)
+    narrow = ConvWorkload(48, 14, 14, 96, (3, 3), pads=(1, 1, 1, 1))
+    plan = select.choose_conv(narrow, np.ones((96, 48, 3, 3), np.float32), host)
     assert plan.channels_per_block == 4 and plan.channel_chunk == 0
     assert plan.loop_order == "tile_block"
     first = ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3))
@@ -378,7 +378,8 @@ def test_dense_layers_visit_every_channel_block_per_tile():
 def test_dense_layers_take_the_lanes_form_on_avx512():
     """Dense layers on AVX-512 put 16 output channels in the lanes (every lane an output
     whatever the map's width), unless a plan override names table blocking; an image's first
-    conv (a few input channels) keeps its own blocking; narrower vectors keep dense blocks."""
+    conv (a few input channels) keeps its own blocking; AVX2 keeps dense blocks for 1x1 convs
+    (below)."""
     host = targets.get("avx512")
     pointwise = ConvWorkload(1024, 14, 14, 256, (1, 1))
     dense = np.ones((256, 1024, 1, 1), np.float32)
@@ -394,12 +395,41 @@ def test_dense_layers_take_the_lanes_form_on_avx512():
     sparse = select.choose_conv(pointwise, _weight(pointwise, 0.1), host)
     assert sparse.form == "table" and sparse.channels_per_block == 1
     # asked for where it cannot run: an error naming the layer, not a wrong kernel
-    with pytest.raises(InvalidPlanError, match="'pw'.*AVX-512"):
-        select.choose_conv(pointwise, dense, targets.get("avx2"), {"form": "lanes"}, "pw")
+    with pytest.raises(InvalidPlanError, match="'pw'.*AVX2, AVX-512"):
+        select.choose_conv(pointwise, dense, targets.get("sse"), {"form": "lanes"}, "pw")
     grouped = ConvWorkload(48, 14, 14, 48, (3, 3), pads=(1, 1, 1, 1), group=6)
     with pytest.raises(InvalidPlanError, match="'g'.*straddle"):
         select.choose_conv(grouped, _weight(grouped, 1.0), host, {"form": "lanes"}, "g")
     assert select.choose_conv(grouped, _weight(grouped, 1.0), host).form == "table"
+
+
+@pytest.mark.parametrize("wl, form", [
+    (ConvWorkload(64, 56, 56, 64, (3, 3), pads=(1, 1, 1, 1)), "lanes"),
+    (ConvWorkload(128, 28, 28, 128, (3, 3), pads=(1, 1, 1, 1)), "lanes"),
+    (ConvWorkload(128, 112, 112, 128, (3, 3), pads=(1, 1, 1, 1)), "lanes"),
+    (ConvWorkload(64, 28, 28, 32, (5, 5), pads=(2, 2, 2, 2)), "lanes"),
+    (ConvWorkload(64, 28, 28, 64, (3, 3), pads=(1, 1, 1, 1), group=4), "lanes"),  # 16 a group
+    (ConvWorkload(64, 28, 28, 64, (3, 3), pads=(1, 1, 1, 1), group=8), "table"),  # 8 a group
+    (ConvWorkload(256, 14, 14, 256, (3, 3), pads=(1, 1, 1, 1)), "table"),
+    (ConvWorkload(512, 7, 7, 512, (3, 3), pads=(1, 1, 1, 1)), "table"),
+    (ConvWorkload(256, 56, 56, 64, (1, 1)), "table"),
+    (ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)), "table"),
+], ids=str)
+def test_dense_layers_on_avx2_take_the_lanes_form_on_wide_maps(wl, form):
+    """On AVX2 the lanes form holds two vectors of channels (16) and 6 positions (12 sums in 16
+    registers) and runs dense convs with several taps on maps at least 28 wide, where it beat
+    the table form's dense blocks; 1x1 convs, narrower maps, first convs and groups of channels
+    a block would straddle keep dense table blocks. Its thresholds are the table form's."""
+    avx2 = targets.get("avx2")
+    plan = select.choose_conv(wl, _weight(wl, 1.0), avx2)
+    assert plan.form == form, plan
+    if form == "lanes":
+        assert (plan.channels_per_block, plan.positions, plan.accumulators) == (16, 6, 12)
+    else:
+        assert plan.channels_per_block > 1
+    assert not select.lanes_thresholds(avx2) and select.lanes_thresholds(targets.get("avx512"))
+    assert select.choose_conv(wl, _weight(wl, 0.75), avx2).channels_per_block == (
+        1 if wl.kernel != (1, 1) and wl.in_channels > 4 else plan.channels_per_block)
 
 
 def test_lanes_rows_outside_blocks_where_the_input_outweighs_the_weights():
@@ -418,8 +448,10 @@ def test_lanes_rows_outside_blocks_where_the_input_outweighs_the_weights():
 def test_lanes_positions_fill_blocks(columns, taps, positions):
     """A row's positions in blocks of half a vector to a vector, every block full where a
     divisor allows (half a vector first for several taps, 14 first for one), else as even as
-    can be."""
+    can be. Blocks of several vectors of channels (AVX2) take 12 sums' worth of positions."""
     assert direct_conv.lanes_positions(columns, 16, taps) == positions
+    assert direct_conv.lanes_positions(columns, 8, taps, vectors=2) == min(6, columns)
+    assert direct_conv.lanes_positions(columns, 8, taps, vectors=3) == min(4, columns)
 
 
 def test_large_pointwise_convs_split_their_tiles_between_threads():
