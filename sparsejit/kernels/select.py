@@ -355,8 +355,15 @@ def _l1_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget
 # AMD Zen 5, ResNet-50 at 10 % (`tune.measure`, 3 interleaved rounds), 1 x 4 against 1 x 26:
 # layer1.1.conv1 (56 x 56, 256 -> 64) 0.124 against 0.145 ms, layer2.0.conv1 (256 -> 128) 0.211
 # against 0.245, layer3.0.conv1 (28 x 28, 512 -> 256) 0.227 against 0.256; 1 x 3 and 1 x 6 within
-# 3 %, 1 x 8 4-9 % and 1 x 12 10-26 % slower, 1 x 2 slower still.
-FLAT_POINTWISE_VECTORS = 4
+# 3 %, 1 x 8 4-9 % and 1 x 12 10-26 % slower, 1 x 2 slower still. That is 256 bytes of each
+# input plane per tile. On AVX2 4 vectors are 128 bytes, and AMD Zen 3 ran such tiles far
+# slower than ones as wide as the accumulators allow (14 vectors, 448 bytes): ResNet-50 at 10 %,
+# in the network (two compiled models alternated call by call, 12 rounds of per-layer
+# profiles), its 56 x 56 pointwise convs 1.45-1.8x (layer1.1.conv1 1.20 -> 0.78 ms), 1 x 14
+# against 1 x 8 0.82-1.11x (most of the 28 x 28 ones 0.82-0.94x). Each tile of a 56 x 56 x 256
+# input reads 256 planes 12.5 KB apart: short runs per plane seem to starve the prefetchers
+# there. By vector width; a width not listed takes tiles as wide as the budget.
+FLAT_POINTWISE_VECTORS = {16: 4}
 
 
 def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, budget: int,
@@ -367,8 +374,9 @@ def _sparse_tile(workload: ConvWorkload, weight_density: float, vectors: int, bu
     3.32 / 6.67 ms against 3.89 / 7.48 for 3 x 7, whose 73 KB slice left 16 channels. More
     channels do not pay for narrower rows: AVX2 conv2_2 with 1 x 14 and 32 channels 7.4 ms, 5 x
     2 in one 128-channel pass 9.5."""
-    if workload.tile_rows == 1 and workload.kernel == (1, 1) and vectors > FLAT_POINTWISE_VECTORS:
-        return 1, FLAT_POINTWISE_VECTORS
+    flat_vectors = FLAT_POINTWISE_VECTORS.get(v, budget)
+    if workload.tile_rows == 1 and workload.kernel == (1, 1) and vectors > flat_vectors:
+        return 1, flat_vectors
     fits = _l1_tile(workload, weight_density, vectors, budget, v)
     if fits is not None:
         return fits

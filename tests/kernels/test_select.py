@@ -244,6 +244,18 @@ def test_dense_kernels_from_the_density_where_they_win(target, wl, density, dens
     assert dense_plan == dense, plan
 
 
+@pytest.mark.parametrize("target, vectors", [("avx512", 4), ("avx2", 14), ("sse", 12)])
+def test_flat_pointwise_tiles_read_runs_of_each_plane(target, vectors):
+    """A sparse 1x1 conv run flat over 56 x 56 planes takes tiles of 4 vectors on AVX-512 (256
+    bytes of each plane: Zen 5's best) and as many as its accumulators allow on narrower
+    vectors (AVX2 on Zen 3: 128-byte runs per plane ran 1.45-1.8x slower)."""
+    flat = ConvWorkload(256, 1, 3136, 64, (1, 1))
+    plan = select.choose_conv(flat, _weight(flat, 0.1), targets.get(target))
+    assert (plan.rows_per_tile, plan.vectors_per_row) == (1, vectors), plan
+    assert vectors == select.FLAT_POINTWISE_VECTORS.get(
+        targets.get(target).vector_width, select.accumulator_budget(targets.get(target)))
+
+
 def test_pointwise_one_vector_columns_tile_in_at_most_8_rows():
     """ResNet-50's 14 x 14 pointwise convs on AVX-512 (one vector per row): 2 tiles of 7 rows,
     not one of 14; 3x3 convs on the same map and wider maps keep their tiles."""
