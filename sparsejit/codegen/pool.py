@@ -62,12 +62,7 @@ def unmasked_blocks(wl: PoolWorkload, vector_width: int) -> tuple[int, int]:
     return (inner[0], inner[-1] + 1) if inner else (0, 0)
 
 
-def _bits(lanes) -> int:
-    """A lane mask as an integer, lane i in bit i: how the kernel loads <N x i1> constants."""
-    return sum(1 << i for i, on in enumerate(lanes) if on)
-
-
-def load_masks(wl: PoolWorkload, vector_width: int) -> list[int]:
+def load_masks(wl: PoolWorkload, vector_width: int) -> list[list[int]]:
     """Per block ob and window column kx: which of the SX*V loaded columns lie in the row."""
     v, sx = vector_width, wl.strides[1]
     blocks = -(-wl.out_width // v)
@@ -75,13 +70,13 @@ def load_masks(wl: PoolWorkload, vector_width: int) -> list[int]:
     for ob in range(blocks):
         for kx in range(wl.kernel[1]):
             start = ob * v * sx - wl.pads[1] + kx * wl.dilations[1]
-            masks.append(_bits(0 <= start + i < wl.width for i in range(sx * v)))
+            masks.append([int(0 <= start + i < wl.width) for i in range(sx * v)])
     return masks
 
 
-def store_masks(wl: PoolWorkload, vector_width: int) -> list[int]:
+def store_masks(wl: PoolWorkload, vector_width: int) -> list[list[int]]:
     v = vector_width
-    return [_bits(ob * v + i < wl.out_width for i in range(v)) for ob in range(-(-wl.out_width // v))]
+    return [[int(ob * v + i < wl.out_width) for i in range(v)] for ob in range(-(-wl.out_width // v))]
 
 
 def reduction_tree(leaves: int) -> list[tuple[int, int, int]]:
@@ -130,8 +125,8 @@ def render_pool(layer: str, wl: PoolWorkload, in_layout: Layout, out_layout: Lay
         nan_vec=splat(v, "float 0x7FF8000000000000"),
         stride_lanes=", ".join(f"i32 {i * sx}" for i in range(v)),
         tree=tree, root=tree[-1][0] if tree else 0,
-        load_masks=", ".join(f"i{sx * v} {m}" for m in load_masks(wl, v)),
-        store_masks=", ".join(f"i{v} {m}" for m in store_masks(wl, v)),
+        load_masks=load_masks(wl, v), store_masks=store_masks(wl, v),
+        mask_vectors=v < 16,  # no mask registers: vectors of i32 (_pool_common.ll.j2)
         rows=float_list(wl.window_counts(0)), cols=float_list(cols),
         CARRY=carried_rows(wl),
     )
