@@ -646,10 +646,12 @@ LANES_FIELDS = {"form", "positions", "codegen_opt"}
 
 # Vectors of output channels per lanes block, by vector width. AVX-512 (32 registers): one,
 # 16 positions fit beside it (sums of up to 16 accumulators). AVX2 (16 registers): two, so each
-# broadcast feeds two FMAs (AMD Zen 3, unpruned, `tune.measure`, interleaved rounds, against
-# the table form's dense blocks of 4 channels x 2 vectors: 2 vectors x 6 positions VGG-16
-# conv1_2 1.28x, conv2_2 1.22x, ResNet-50 layer1.0.conv2 1.13-1.22x, layer2.1.conv2 1.23-1.25x;
-# one vector x 8 positions 0.65-0.9x; 3 x 4 level with the table; 2 x 7 spills).
+# broadcast feeds two FMAs (AMD Zen 3, unpruned, against the table form's dense blocks of 4
+# channels x 2 vectors. Alone (`tune.measure`, interleaved rounds): 2 vectors x 6 positions
+# VGG-16 conv1_2 1.28x, conv2_2 1.22x, ResNet-50 layer1.0.conv2 1.13-1.22x, layer2.1.conv2
+# 1.23-1.25x; one vector x 8 positions 0.65-0.9x; 3 x 4 level with the table; 2 x 7 spills.
+# In the network (two compiled models alternated, per-layer profiles): ResNet-50's 3x3 convs
+# on 56 x 56 and 28 x 28 maps 1.04-1.29x, VGG-16's 0.90-1.33x, 1.03x summed).
 LANES_VECTORS = {16: 1, 8: 2}
 # AVX2's lanes form runs only convs with several taps on maps at least this wide: elsewhere
 # the table form's dense blocks were as fast or faster (Zen 3, as above: 1x1 convs 0.75-1.1x,
