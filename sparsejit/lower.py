@@ -278,7 +278,7 @@ def plan_layouts(graph: Graph, order: list[Node], target: Target) -> dict[str, L
                 layouts[t] = Layout.padded(c, h, w, narrow[t])
                 continue
             if t in flat_planes:
-                layouts[t] = Layout(c, h, w)
+                layouts[t] = Layout.planes(c, h, w)
                 continue
             layouts[t] = Layout.padded(c, h, w, tuple(pads.get(t, (0, 0, 0, 0))),
                                        align=v if t in aligned else 1)
@@ -481,11 +481,11 @@ def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout, residual:
         return None
     plane = wl.height * wl.width
     flat = ConvWorkload(wl.in_channels, 1, plane, wl.out_channels, (1, 1), group=wl.group)
-    flat_in = Layout(in_layout.channels, 1, plane, image_step=in_layout.image_step)
+    flat_in = _as_one_row(in_layout)
     layouts = [out_layout] + ([residual] if residual is not None else [])
     if all(_rows_contiguous(lay) for lay in layouts):
-        flat_out, flat_res = (Layout(lay.channels, 1, plane, image_step=lay.image_step)
-                              if lay is not None else None for lay in (out_layout, residual))
+        flat_out, flat_res = (_as_one_row(lay) if lay is not None else None
+                              for lay in (out_layout, residual))
         return flat, flat_in, flat_out, flat_res
     if (residual is None and out_layout.phases == 1 and out_layout.shifts == 1
             and wl.width >= vector_width):
@@ -494,9 +494,17 @@ def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout, residual:
 
 
 def _rows_contiguous(layout: Layout) -> bool:
-    """Are a layout's channel planes unpadded H x W floats (an image's channels may be a slice
-    of a wider tensor's)?"""
-    return layout.is_plain or (layout.image_step and replace(layout, image_step=0).is_plain)
+    """Are a layout's channel planes unpadded H x W floats (maybe with spare rows after each:
+    `Layout.planes`; an image's channels may be a slice of a wider tensor's)?"""
+    return layout.planes_contiguous
+
+
+def _as_one_row(layout: Layout) -> Layout:
+    """A layout with contiguous planes seen as one row of H * W positions per channel, the
+    planes as far apart as before."""
+    plane = layout.height * layout.width
+    return Layout(layout.channels, 1, plane, phase_width=layout.rows * layout.width,
+                  image_step=layout.image_step)
 
 
 class _Builder:
@@ -538,8 +546,8 @@ class _Builder:
         sub = subsampled(wl)
         if sub is not None:  # a strided 1x1 conv: subsample first, then a stride-1 1x1 conv
             src = f"{node.name}:subsample"
-            packed = Layout(wl.in_channels, sub.height, sub.width)
-            if not out_layout.is_plain:  # rows as far apart as the output's: it may run flat
+            packed = Layout.planes(wl.in_channels, sub.height, sub.width)
+            if not out_layout.planes_contiguous:  # rows as far apart as the output's: it may run flat
                 like_out = Layout.padded(wl.in_channels, sub.height, sub.width, out_layout.pads)
                 if flat_if_it_pays(sub, like_out, out_layout, res_layout, self.target.vector_width):
                     packed = like_out

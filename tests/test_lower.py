@@ -396,6 +396,40 @@ def test_a_bottleneck_keeps_pointwise_read_planes_plain(shape, batch, threads):
     assert split_output_rows(last.workload, last.out_layout) == 0
 
 
+@pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
+def test_planes_4_kb_apart_take_a_spare_row_and_still_run_flat(batch, threads):
+    """On a 32 x 32 map a plane is 4 KB: the pointwise-read tensors (the block's input, the 3x3
+    conv's output, the block's output) take a spare row after
+    each plane, so that a tile's slices of successive channels do not share L1 sets, and the
+    1x1 convs still run one flat run per plane, their residual too."""
+    from sparsejit.kernels.layout import CRITICAL_STRIDE_BYTES
+    rng = np.random.default_rng(batch)
+    x = rng.standard_normal((batch, 8, 32, 32)).astype(np.float32)
+    consts = {"w1": _sparse(rng, (4, 8, 1, 1)), "w2": _sparse(rng, (4, 4, 3, 3)),
+              "w3": _sparse(rng, (8, 4, 1, 1)), "w4": _sparse(rng, (5, 8, 1, 1))}
+    nodes = [oh.make_node("Relu", ["x"], ["p"], name="in_relu"),
+             oh.make_node("Conv", ["p", "w1"], ["a0"], name="c1"),
+             oh.make_node("Relu", ["a0"], ["a"], name="r1"),
+             oh.make_node("Conv", ["a", "w2"], ["b0"], name="c2", pads=[1, 1, 1, 1]),
+             oh.make_node("Relu", ["b0"], ["b"], name="r2"),
+             oh.make_node("Conv", ["b", "w3"], ["c0"], name="c3"),
+             oh.make_node("Add", ["c0", "p"], ["c1s"], name="add"),
+             oh.make_node("Relu", ["c1s"], ["c"], name="r3"),
+             oh.make_node("Conv", ["c", "w4"], ["y"], name="c4")]
+    model = make_model(nodes, {"x": x}, ["y"], consts)
+    cm = compiled_and_checked(model, {"x": x}, threads=threads)
+    prog = cm.lowered()
+    for t in ("p", "b", "c"):
+        lay = prog.layouts[t]
+        assert lay.rows == 33 and lay.planes_contiguous, (t, lay)
+        assert (lay.channel_stride * 4) % CRITICAL_STRIDE_BYTES != 0
+    specs = {info.name: info.spec for info in prog.layers if info.spec is not None}
+    last = next(spec for name, spec in specs.items() if name.startswith("c3"))
+    assert last.workload.width == 32 * 32 and last.residual is not None
+    assert last.in_layout.row_stride == 33 * 32 and last.residual.row_stride == 33 * 32
+    assert specs["c4"].workload.width == 32 * 32
+
+
 def _plane_case(kernel: int, stride: int, out: int, pads: int, density: float, seed: int):
     """A strided conv with an out x out output, input sized for it, weights at `density`."""
     rng = np.random.default_rng(seed)

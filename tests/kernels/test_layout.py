@@ -4,7 +4,7 @@ writes the same floats as the wider layout's channels."""
 import numpy as np
 import pytest
 
-from sparsejit.kernels.layout import ALIGN_FLOATS, Layout
+from sparsejit.kernels.layout import ALIGN_FLOATS, CRITICAL_STRIDE_BYTES, Layout
 
 
 @pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 2, 1, 1)])
@@ -34,3 +34,18 @@ def test_channel_slice_keeps_its_own_image_stride_only_when_asked():
         Layout(3, 7, 7, image_step=10)  # images closer than one image's floats
     with pytest.raises(AssertionError):
         lay.in_channel_slice(4)  # more channels than the whole has
+
+
+@pytest.mark.parametrize("height, width, spare", [(32, 32, 1), (64, 64, 1), (16, 64, 1), (56, 56, 0),
+                                                  (16, 16, 0), (7, 7, 0), (8, 128, 1)])
+def test_planes_a_multiple_of_4_kb_apart_take_a_spare_row(height, width, spare):
+    lay = Layout.planes(3, height, width)
+    assert lay.rows == height + spare and lay.planes_contiguous
+    assert (lay.channel_stride * 4) % CRITICAL_STRIDE_BYTES != 0 or spare == 0
+    assert lay.is_plain == (spare == 0)
+    # the interior still reads and writes the planes' H x W floats only
+    buf = np.full(lay.image_stride * 2, -1.0, np.float32)
+    x = np.random.default_rng(height).standard_normal((2, 3, height, width)).astype(np.float32)
+    lay.write(buf, x)
+    np.testing.assert_array_equal(lay.read(buf, 2), x)
+    assert (buf == -1.0).sum() == 2 * lay.image_stride - x.size
