@@ -356,19 +356,9 @@ def test_pointwise_conv_inputs_get_vector_aligned_rows_unless_viewed():
     assert kinds(cm)["flat"] == "view (no copy)"
 
 
-@pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
-@pytest.mark.parametrize("shape", ["square", "wide"])
-def test_a_bottleneck_keeps_pointwise_read_planes_plain(shape, batch, threads):
-    """A bottleneck block (1x1, 3x3, 1x1 with the block's input added) on a map whose planes
-    are whole vectors and rows at least one: the tensors only 1x1 convs read (the block's input,
-    the 3x3's output, the block's output) are plain, so each 1x1 conv runs one flat run per
-    plane; the first stores it into the 3x3 conv's padded rows (split stores), the last reads
-    and writes plain planes, its residual too."""
-    from sparsejit import targets
-    from sparsejit.kernels.direct_conv import split_output_rows
-    v = targets.host_target().vector_width
-    # (rows two vectors wide, less 4 floats: no flat 3x3 run would pay, `narrow_map_pads`)
-    height, width = (v, v) if shape == "square" else (4, 2 * v - 4)
+def _bottleneck(batch: int, height: int, width: int):
+    """A bottleneck block (1x1 8 -> 4, 3x3, 1x1 4 -> 8 plus the block's input, ReLUs) and a 1x1
+    conv after it: the input and the model. Tensors: p (the block's input), a, b, c (its output)."""
     rng = np.random.default_rng(batch)
     x = rng.standard_normal((batch, 8, height, width)).astype(np.float32)
     consts = {"w1": _sparse(rng, (4, 8, 1, 1)), "w2": _sparse(rng, (4, 4, 3, 3)),
@@ -382,7 +372,23 @@ def test_a_bottleneck_keeps_pointwise_read_planes_plain(shape, batch, threads):
              oh.make_node("Add", ["c0", "p"], ["c1s"], name="add"),
              oh.make_node("Relu", ["c1s"], ["c"], name="r3"),
              oh.make_node("Conv", ["c", "w4"], ["y"], name="c4")]
-    model = make_model(nodes, {"x": x}, ["y"], consts)
+    return x, make_model(nodes, {"x": x}, ["y"], consts)
+
+
+@pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("shape", ["square", "wide"])
+def test_a_bottleneck_keeps_pointwise_read_planes_plain(shape, batch, threads):
+    """A bottleneck block (1x1, 3x3, 1x1 with the block's input added) on a map whose planes
+    are whole vectors and rows at least one: the tensors only 1x1 convs read (the block's input,
+    the 3x3's output, the block's output) are plain, so each 1x1 conv runs one flat run per
+    plane; the first stores it into the 3x3 conv's padded rows (split stores), the last reads
+    and writes plain planes, its residual too."""
+    from sparsejit import targets
+    from sparsejit.kernels.direct_conv import split_output_rows
+    v = targets.host_target().vector_width
+    # (rows two vectors wide, less 4 floats: no flat 3x3 run would pay, `narrow_map_pads`)
+    height, width = (v, v) if shape == "square" else (4, 2 * v - 4)
+    x, model = _bottleneck(batch, height, width)
     cm = compiled_and_checked(model, {"x": x}, threads=threads)
     prog = cm.lowered()
     assert all(prog.layouts[t].is_plain for t in ("p", "b", "c")), prog.layouts
@@ -403,20 +409,7 @@ def test_planes_4_kb_apart_take_a_spare_row_and_still_run_flat(batch, threads):
     each plane, so that a tile's slices of successive channels do not share L1 sets, and the
     1x1 convs still run one flat run per plane, their residual too."""
     from sparsejit.kernels.layout import CRITICAL_STRIDE_BYTES
-    rng = np.random.default_rng(batch)
-    x = rng.standard_normal((batch, 8, 32, 32)).astype(np.float32)
-    consts = {"w1": _sparse(rng, (4, 8, 1, 1)), "w2": _sparse(rng, (4, 4, 3, 3)),
-              "w3": _sparse(rng, (8, 4, 1, 1)), "w4": _sparse(rng, (5, 8, 1, 1))}
-    nodes = [oh.make_node("Relu", ["x"], ["p"], name="in_relu"),
-             oh.make_node("Conv", ["p", "w1"], ["a0"], name="c1"),
-             oh.make_node("Relu", ["a0"], ["a"], name="r1"),
-             oh.make_node("Conv", ["a", "w2"], ["b0"], name="c2", pads=[1, 1, 1, 1]),
-             oh.make_node("Relu", ["b0"], ["b"], name="r2"),
-             oh.make_node("Conv", ["b", "w3"], ["c0"], name="c3"),
-             oh.make_node("Add", ["c0", "p"], ["c1s"], name="add"),
-             oh.make_node("Relu", ["c1s"], ["c"], name="r3"),
-             oh.make_node("Conv", ["c", "w4"], ["y"], name="c4")]
-    model = make_model(nodes, {"x": x}, ["y"], consts)
+    x, model = _bottleneck(batch, 32, 32)
     cm = compiled_and_checked(model, {"x": x}, threads=threads)
     prog = cm.lowered()
     for t in ("p", "b", "c"):
