@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--image-size", type=int, default=0, help="square input size (default: the model's own)")
     ap.add_argument(
         "--deepsparse",
         action="store_true",
@@ -62,7 +63,7 @@ def run(args) -> None:
     results = []
     for name in args.models.split(","):
         sparsity = args.sparsity or ("seed" if name == "caffenet" else "all")
-        proto = models.build(name, batch=args.batch, sparsity=sparsity)
+        proto = models.build(name, batch=args.batch, sparsity=sparsity, image_size=args.image_size or None)
         start = time.perf_counter()
         cm = sparsejit.compile(proto, threads=args.threads)
         compile_s = time.perf_counter() - start
@@ -133,7 +134,7 @@ def run(args) -> None:
     # a run of some models only does not overwrite the table of all four
     subset = "" if args.models == DEFAULT_MODELS else args.models.replace(",", "-") + "-"
     path = save(
-        f"networks-{subset}b{args.batch}-t{args.threads}",
+        f"networks-{subset}b{args.batch}-t{args.threads}" + (f"-{args.image_size}px" if args.image_size else ""),
         {"machine": machine(), "args": vars(args), "results": results},
     )
     print(f"wrote {path}")
