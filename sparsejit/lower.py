@@ -477,13 +477,13 @@ def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout, residual:
     Returns (workload, input, output and residual layouts) or None. An output whose rows have
     padding (a 3x3 conv reads it) takes each vector in the row or two it falls in
     (direct_conv.split_output_rows): rows at least a vector wide, no residual."""
-    if not (is_pointwise(wl) and _rows_contiguous(in_layout)):
+    if not (is_pointwise(wl) and in_layout.planes_contiguous):
         return None
     plane = wl.height * wl.width
     flat = ConvWorkload(wl.in_channels, 1, plane, wl.out_channels, (1, 1), group=wl.group)
     flat_in = _as_one_row(in_layout)
     layouts = [out_layout] + ([residual] if residual is not None else [])
-    if all(_rows_contiguous(lay) for lay in layouts):
+    if all(lay.planes_contiguous for lay in layouts):
         flat_out, flat_res = (_as_one_row(lay) if lay is not None else None
                               for lay in (out_layout, residual))
         return flat, flat_in, flat_out, flat_res
@@ -491,12 +491,6 @@ def flattened(wl: ConvWorkload, in_layout: Layout, out_layout: Layout, residual:
             and wl.width >= vector_width):
         return flat, flat_in, out_layout, None
     return None
-
-
-def _rows_contiguous(layout: Layout) -> bool:
-    """Are a layout's channel planes unpadded H x W floats (maybe with spare rows after each:
-    `Layout.planes`; an image's channels may be a slice of a wider tensor's)?"""
-    return layout.planes_contiguous
 
 
 def _as_one_row(layout: Layout) -> Layout:
