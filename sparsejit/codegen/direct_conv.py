@@ -251,6 +251,7 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
         **_epilogue_fields(v, epilogue, residual),
         V=v, MB=mb, W=mb // v, M=m,
         rows=walk.rows, columns=walk.columns, P=walk.positions, full=full, rest=rest,
+        wide=wide_blocks(walk.columns, walk.positions, full, v),
         rows_outer=plan.loop_order == "tile_block",
         count_masks={n: ", ".join("i1 true" if i < n else "i1 false" for i in range(v))
                      for n in (walk.positions, rest)},
@@ -272,6 +273,23 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
         transposed=transposed,
     )
     return render(TEMPLATES["lanes"], k=k)
+
+
+# Vector widths without mask registers (AVX2): there the lanes form stores whole vectors where it
+# may (templates/conv_dense_lanes.ll.j2: epilogue), a masked store (vmaskmovps) being slow. AMD
+# Zen 3, unpruned 3x3 convs in blocks of 6 positions, one conv alone, old and new alternated in
+# one process (12 rounds): 64 -> 64 on 56 x 56 and 128 -> 128 on 28 x 28 1.06x, on 112 x 112
+# 1.00x; unpruned ResNet-50 1.02x (within this VM's noise: unchanged layers moved 0.93-1.2x).
+WIDE_STORE_WIDTHS = (8,)
+
+
+def wide_blocks(columns: int, positions: int, full: int, v: int) -> int:
+    """How many of a row's `full` blocks of `positions` (< v) a lanes kernel stores as whole
+    vectors: those ending at least a vector before the row does (a whole vector from a later
+    one would cross the row's end). 0 on widths with mask registers and for full vectors."""
+    if v not in WIDE_STORE_WIDTHS or positions >= v:
+        return 0
+    return min(full, max(0, (columns - v) // positions + 1))
 
 
 def transpose_plan(v: int) -> tuple[list[SimpleNamespace], list[int]]:

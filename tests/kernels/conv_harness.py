@@ -73,6 +73,8 @@ class ConvCase:
     out_pads: tuple[int, int, int, int] = (1, 2, 0, 1)  # the consumer's padding around the output
     in_extra_pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # producer layout pads beyond the conv's
     residual: bool = False  # a fused Add: a tensor (in a layout of its own) added before the activation
+    # the output written over the residual (its layout and buffer), as the runtime may place it
+    residual_in_place: bool = False
     out_plain: bool = False  # the output is a plain NCHW array (no pads, no row alignment)
     flat: bool = False  # input, output and residual rows equally far apart: the kernel runs flat
     # a pointwise conv over a plain input run as one row of H * W positions, its vectors stored
@@ -124,6 +126,8 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     assert pattern.entries == 0 or origin(wl, in_layout) + pattern.offsets.min() >= 0
     res_layout = (Layout.padded(case.out_channels, wl.out_height, wl.out_width, (2, 1, 0, 3), align=v)
                   if case.residual else None)
+    if case.residual_in_place:
+        res_layout = out_layout
     return _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, res_layout,
                   pattern)
 
@@ -191,10 +195,14 @@ def _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, re
     res_ptr, res_data = None, None
     if res_layout is not None:
         res_data = rng.standard_normal((n, case.out_channels, wl.out_height, wl.out_width)).astype(np.float32)
-        res = GuardedBuffer(n * res_layout.image_stride)
-        res.array[:] = np.nan  # the kernel must read the residual's interior only
-        res_layout.write(res.array, res_data)
-        res_ptr = res.array.ctypes.data
+        if case.residual_in_place:  # each element must be read before it is written
+            res_layout.write(dst.array, res_data)
+            res_ptr = dst.array.ctypes.data
+        else:
+            res = GuardedBuffer(n * res_layout.image_stride)
+            res.array[:] = np.nan  # the kernel must read the residual's interior only
+            res_layout.write(res.array, res_data)
+            res_ptr = res.array.ctypes.data
     # the unit range (channel blocks, or tiles: plan.split) in uneven pieces, as threads take it
     units = parallel_units(wl, plan, pattern.blocks)
     cuts = sorted({0, units, *(int(c) for c in rng.integers(0, units + 1, 2))})

@@ -719,6 +719,26 @@ def test_lanes_blocks_of_several_vectors(vectors, target):
 
 
 @pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("form", ["lanes", "table"])
+def test_output_over_its_residual(form, target):
+    """The output written over the residual it adds (the runtime's in-place slot): each element
+    read before any store reaches it. On AVX2 the lanes form stores whole vectors from blocks
+    of fewer positions, blending in the next block's residual, not overwriting it; rows of 6-
+    position blocks whose last block ends within a vector of the row's end, or stores masked."""
+    v = WIDTHS[target]
+    for i, (width, m, positions, activation) in enumerate(((56, 35, 0, "relu"), (20, 16, 0, "none"),
+                                                           (13, 40, 5, "leaky_relu"), (5, 16, 0, "relu"))):
+        plan = {"form": form, "positions": positions} if form == "lanes" else {"form": form}
+        case = ConvCase(6, 4, width, m, (3, 3), pads=(1, 1, 1, 1), batch=2, density=0.9,
+                        residual=True, residual_in_place=True, activation=activation, plan=plan)
+        assert run_case(case, target, seed=900 + i).form == form
+    if v == 8:  # blocks of 6 on AVX2: those ending a vector before the row does store whole
+        from sparsejit.codegen.direct_conv import wide_blocks
+        assert [wide_blocks(w, 6, w // 6, 8) for w in (56, 20, 13, 5)] == [9, 3, 1, 0]
+        assert wide_blocks(56, 8, 7, 8) == 0 and wide_blocks(56, 6, 9, 16) == 0
+
+
+@pytest.mark.parametrize("target", LANES_TARGETS)
 @pytest.mark.parametrize("density", [1.0, "one"], ids=str)
 @pytest.mark.parametrize("shape", FLAT_CASES, ids=str)
 def test_lanes_flat_runs(shape, density, target):
