@@ -702,11 +702,13 @@ def test_lanes_widths_and_blocks(positions, order, target):
 
 
 @pytest.mark.parametrize("target", LANES_TARGETS)
-@pytest.mark.parametrize("vectors", [1, 2, 3])
+@pytest.mark.parametrize("vectors", [1, 2, 3, 4])
 def test_lanes_blocks_of_several_vectors(vectors, target):
-    """Blocks of 1-3 vectors of channels (AVX2's default is 2: each broadcast feeds both
-    vectors' FMAs): every vector's sums transposed and stored to its own channels, the last
-    block's padding channels and positions masked, the residual read per channel."""
+    """Blocks of 1-4 vectors of channels (AVX2's default is 2: each broadcast feeds both
+    vectors' FMAs; with more vectors than positions the broadcasts come first and each weight
+    vector feeds every position): every vector's sums transposed and stored to its own
+    channels, the last block's padding channels and positions masked, the residual read per
+    channel."""
     v = WIDTHS[target]
     for i, (width, m, group, positions) in enumerate(((1, 5, 1, 0), (7, 2 * v * vectors + 3, 1, 0),
                                                       (17, v * vectors * 2, 2, 5), (56, 35, 1, 0))):
