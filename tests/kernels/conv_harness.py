@@ -73,7 +73,7 @@ class ConvCase:
     out_pads: tuple[int, int, int, int] = (1, 2, 0, 1)  # the consumer's padding around the output
     in_extra_pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # producer layout pads beyond the conv's
     residual: bool = False  # a fused Add: a tensor (in a layout of its own) added before the activation
-    # the output written over the residual (its layout and buffer), as the runtime may place it
+    # a residual the output is written over (its layout and buffer), as the runtime may place it
     residual_in_place: bool = False
     out_plain: bool = False  # the output is a plain NCHW array (no pads, no row alignment)
     flat: bool = False  # input, output and residual rows equally far apart: the kernel runs flat
@@ -124,10 +124,9 @@ def run_case(case: ConvCase, target_name: str, seed: int) -> DirectConvPlan:
     pattern = build_pattern(w, wl, in_layout, plan)
     # (a frame's aligned load may start before the tile's first input, never before the image)
     assert pattern.entries == 0 or origin(wl, in_layout) + pattern.offsets.min() >= 0
-    res_layout = (Layout.padded(case.out_channels, wl.out_height, wl.out_width, (2, 1, 0, 3), align=v)
+    res_layout = (out_layout if case.residual_in_place else
+                  Layout.padded(case.out_channels, wl.out_height, wl.out_width, (2, 1, 0, 3), align=v)
                   if case.residual else None)
-    if case.residual_in_place:
-        res_layout = out_layout
     return _check(case, tgt, wl, plan, w, bias, x, rng, seed, in_layout, out_layout, res_layout,
                   pattern)
 

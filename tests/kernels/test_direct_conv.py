@@ -732,7 +732,7 @@ def test_output_over_its_residual(form, target):
                                                            (13, 40, 5, "leaky_relu"), (5, 16, 0, "relu"))):
         plan = {"form": form, "positions": positions} if form == "lanes" else {"form": form}
         case = ConvCase(6, 4, width, m, (3, 3), pads=(1, 1, 1, 1), batch=2, density=0.9,
-                        residual=True, residual_in_place=True, activation=activation, plan=plan)
+                        residual_in_place=True, activation=activation, plan=plan)
         assert run_case(case, target, seed=900 + i).form == form
     if v == 8:  # blocks of 6 on AVX2: those ending a vector before the row does store whole
         from sparsejit.codegen.direct_conv import wide_blocks
