@@ -36,7 +36,7 @@ from ..targets import Target
 # the lanes form's positions per block tried besides the rule's (lanes_positions), by vector
 # width; and the vectors of channels per block tried besides the default's (select.LANES_VECTORS)
 LANES_POSITIONS = {16: (8, 12, 16), 8: (4, 5, 6)}
-LANES_VECTORS = {16: (), 8: (1, 3)}
+LANES_VECTORS = {16: (), 8: (1, 3, 4)}
 SPARSE_BLOCKS = (1, 2, 4)
 DENSE_BLOCKS = (4, 6, 8)
 UNROLLS = (1, 2, 4)

@@ -365,7 +365,8 @@ FIRST_CONVS = [
 def test_first_conv_default_blocks_several_channels(case, target):
     """A dense conv over few input channels (an image's first conv) blocks several output
     channels per input load, as measured best for the target's register file, within the
-    registers (sums, broadcasts, an input vector); 7 channels fit no block: general blocking."""
+    registers (sums, broadcasts, an input vector); 7 channels fit no block: a dense conv's
+    blocks (`select.dense_block`)."""
     plan = run_case(case, target, seed=17)
     tgt = targets.get(target)
     mb, cb = select.FIRST_CONV_BLOCKS[tgt.vector_registers][0 if case.out_channels % 3 == 0 else -1]
@@ -380,7 +381,24 @@ def test_first_conv_default_blocks_several_channels(case, target):
     fits = select.unrolled_fits(weights, plan.rows_per_tile, plan.vectors_per_row)
     assert plan.form == ("unrolled" if fits else "table")
     odd = run_case(replace(case, out_channels=7), target, seed=18)
-    assert odd.channels_per_block == 1
+    assert odd.channels_per_block == select.dense_block(7, tgt)[0]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_dense_grouped_convs_default_blocks_divide_their_groups(target):
+    """A dense grouped conv's default blocks divide its output channels per group (a block
+    shares one offset list, so it must not straddle two groups); ungrouped, a last block may
+    fall short (20 channels in blocks of 3 on AVX2, as ungrouped)."""
+    cases = [ConvCase(16, 9, 10, 40, (3, 3), pads=(1, 1, 1, 1), group=2, density=1.0),
+             ConvCase(18, 7, 9, 40, (1, 1), group=2, density=1.0),
+             ConvCase(6, 7, 9, 20, (3, 3), pads=(1, 1, 1, 1), density=1.0)]
+    for i, case in enumerate(cases):
+        plan = run_case(case, target, seed=40 + i)
+        if case.group > 1:
+            assert plan.form == "table", plan
+            assert (case.out_channels // case.group) % plan.channels_per_block == 0, plan
+        elif target == "avx2":
+            assert plan.channels_per_block == 3, plan
 
 
 PLANE_CONVS = [

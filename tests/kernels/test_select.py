@@ -381,10 +381,28 @@ def test_dense_layers_visit_every_channel_block_per_tile():
     host = targets.get("avx2")
     narrow = ConvWorkload(48, 14, 14, 96, (3, 3), pads=(1, 1, 1, 1))
     plan = select.choose_conv(narrow, np.ones((96, 48, 3, 3), np.float32), host)
-    assert plan.channels_per_block == 4 and plan.channel_chunk == 0
+    assert plan.channels_per_block == 3 and plan.channel_chunk == 0
     assert plan.loop_order == "tile_block"
     first = ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3))
     assert select.choose_conv(first, np.ones((64, 3, 7, 7), np.float32), host).loop_order == "block_tile"
+
+
+def test_dense_blocks_take_the_most_fmas_per_load():
+    """With FMA, a dense table block holds the channels and accumulators that run the most
+    FMAs per load within the registers: 3 x 4 on AVX2 (12 sums, 3 broadcasts and an input
+    vector: 16 registers), 4 x 6 on AVX-512; a last block's padded channels count as lost, so
+    2 channels per group take 2 x 6; a grouped conv's blocks divide its channels per group.
+    Without FMA (SSE) the largest block dividing the channels."""
+    avx2, avx512, sse = (targets.get(n) for n in ("avx2", "avx512", "sse"))
+    assert select.dense_block(64, avx2) == (3, 4) and select.dense_block(2, avx2) == (2, 6)
+    mb, per_channel = select.dense_block(256, avx2)
+    assert mb * per_channel + mb + 1 <= avx2.vector_registers
+    assert select.dense_block(20, avx2) == (3, 4) and select.dense_block(20, avx2, grouped=True) == (2, 6)
+    assert select.dense_block(64, avx512) == (4, 6)
+    assert select.dense_block(64, sse) == (4, 2) and select.dense_block(6, sse)[0] == 3
+    narrow = ConvWorkload(64, 14, 14, 64, (3, 3), pads=(1, 1, 1, 1))
+    plan = select.choose_conv(narrow, np.ones((64, 64, 3, 3), np.float32), avx2)
+    assert (plan.channels_per_block, plan.rows_per_tile * plan.vectors_per_row) == (3, 4), plan
 
 
 def test_dense_layers_take_the_lanes_form_on_avx512():

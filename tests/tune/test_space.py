@@ -8,7 +8,7 @@ import pytest
 
 from sparsejit import targets
 from sparsejit.kernels import select
-from sparsejit.kernels.direct_conv import ConvWorkload
+from sparsejit.kernels.direct_conv import ConvWorkload, lanes_positions
 from sparsejit.kernels.sparse_fc import SparseFcWorkload, choose_plan, index_bits_for
 from sparsejit.tune.space import FC_ACCUMULATORS, FC_PREFETCH_BYTES, LANES_POSITIONS, candidates, fc_candidates
 
@@ -71,6 +71,21 @@ def test_dense_layers_block_more_channels():
     assert {p.positions for p in lanes} >= {*LANES_POSITIONS, lanes[0].positions}
     assert {p.loop_order for p in lanes} == {"block_tile", "tile_block"}
     assert all(p.channels_per_block == 16 for p in lanes)
+
+
+def test_avx2_dense_layers_try_lanes_blocks_of_one_to_four_vectors():
+    """On AVX2 a dense 3x3 conv on a wide map defaults to the lanes form (2 vectors of
+    channels); its space tries 1, 3 and 4 vectors too, each within the registers."""
+    wl = ConvWorkload(64, 28, 28, 96, (3, 3), pads=(1, 1, 1, 1))
+    avx2 = targets.get("avx2")
+    plans = candidates(wl, weights(wl, 1.0, 1), avx2, 40)
+    lanes = [p for p in plans if p.form == "lanes"]
+    assert plans[0].form == "lanes" and plans[0].channels_per_block == 16
+    assert {p.channels_per_block for p in lanes} == {8, 16, 24, 32}
+    for p in lanes:  # positions 0: the rule's, resolved when the kernel is rendered
+        w = p.channels_per_block // 8
+        positions = p.positions or lanes_positions(wl.out_width, 8, 9, w)
+        assert positions * w <= select.accumulator_budget(avx2), p
 
 
 def test_deterministic_and_budgeted():
