@@ -548,14 +548,19 @@ def test_a_conv_writes_over_its_residual_read_last(batch, threads):
 
 def test_a_conv_writes_over_a_residual_it_reads_in_passes_but_not_over_its_input():
     rng = np.random.default_rng(5)
-    # in passes over input channels: the first pass starts from the residual
-    model, x = _residual_block(rng, 1)
-    cm = sparsejit.compile(model, plans={"c2": {"form": "table", "channel_chunk": 3}})
-    assert_close(cm.run({"x": x})["y"], run_ort(model, {"x": x})[0], what="y")
-    program = cm.lowered()
-    step = next(s for s in program.steps if getattr(s, "residual", None))
-    assert "_c3" in kinds(cm)["c2"]
-    assert program.slot_of[step.output] == program.slot_of[step.residual]
+    from sparsejit import targets
+    from sparsejit.kernels.direct_conv import LANES_WIDTHS
+    # in passes over input channels (table and lanes forms, threads dividing channel
+    # blocks): the first pass starts from the residual
+    forms = ["table"] + (["lanes"] if targets.get("host").vector_width in LANES_WIDTHS else [])
+    for form, batch, threads in [(f, b, t) for f in forms for b, t in ((1, 1), (2, 2))]:
+        model, x = _residual_block(rng, batch)
+        cm = sparsejit.compile(model, threads=threads, plans={"c2": {"form": form, "channel_chunk": 3}})
+        assert_close(cm.run({"x": x})["y"], run_ort(model, {"x": x})[0], what=f"y ({form}, {threads} threads)")
+        program = cm.lowered()
+        step = next(s for s in program.steps if getattr(s, "residual", None))
+        assert "_c3" in kinds(cm)["c2"] and form in kinds(cm)["c2"]
+        assert program.slot_of[step.output] == program.slot_of[step.residual]
     # a + conv(a): the conv reads a around each output while it writes
     x = rng.standard_normal((1, 8, 9, 11)).astype(np.float32)
     nodes = [oh.make_node("Conv", ["x", "w0"], ["a"], name="c0", pads=[1, 1, 1, 1]),

@@ -240,6 +240,8 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
     assert v in LANES_WIDTHS and mb % v == 0 and pattern.weights.shape[1] == mb, (layer, plan)
     walk = lanes_walk(workload, plan, in_layout, out_layout)
     full, rest = divmod(walk.columns, walk.positions)
+    chunks = plan.chunks(workload.in_channels // workload.group)
+    assert pattern.segment_start.size == chunks * pattern.blocks + 1, (layer, plan)
     m = workload.out_channels
     padded_bias = np.zeros(pattern.blocks * mb, np.float32)
     padded_bias[:m] = bias
@@ -252,6 +254,7 @@ def _render_lanes(layer: str, workload: ConvWorkload, plan: DirectConvPlan, patt
         V=v, MB=mb, W=mb // v, M=m,
         rows=walk.rows, columns=walk.columns, P=walk.positions, full=full, rest=rest,
         wide=wide_blocks(walk.columns, walk.positions, full, v),
+        chunks=chunks, outer="chunk" if chunks > 1 else "image",
         rows_outer=plan.loop_order == "tile_block",
         count_masks={n: ", ".join("i1 true" if i < n else "i1 false" for i in range(v))
                      for n in (walk.positions, rest)},

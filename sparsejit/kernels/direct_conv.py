@@ -106,7 +106,7 @@ class DirectConvPlan:
     channels_per_block: int = 1  # output channels sharing one offset list
     unroll: int = 2  # table form: nonzeros per loop iteration
     split_accumulators: bool = False  # one accumulator set per unrolled nonzero (short tiles)
-    channel_chunk: int = 0  # table form: input channels (per group) per pass; 0 = all in one pass
+    channel_chunk: int = 0  # input channels (per group) per pass; 0 = all in one pass
     # table form, per pass over input channels: channel blocks outside tiles ("block_tile") or
     # tiles outside blocks ("tile_block"); or "tile_chunk_block": every pass of a tile before
     # the next tile (its partial sums stay in cache between passes)
@@ -143,12 +143,12 @@ class DirectConvPlan:
             (self.form != "lanes" or (
                 self.vector_width in LANES_WIDTHS and self.channels_per_block % self.vector_width == 0
                 and self.channels_per_block <= LANES_MAX_VECTORS * self.vector_width
-                and self.channel_chunk == 0 and self.loop_order in ("block_tile", "tile_block")
+                and self.loop_order in ("block_tile", "tile_block")
                 and not (self.aligned_copies or self.shifted_sums or self.split_accumulators)
                 and self.split == "blocks" and self.unroll == 1
                 and self.rows_per_tile == 1 and self.vectors_per_row == 1),
              f"the lanes form holds 1 to {LANES_MAX_VECTORS} vectors of output channels per block "
-             f"(vector_width in {LANES_WIDTHS}, channels_per_block a multiple of it), one pass in "
+             f"(vector_width in {LANES_WIDTHS}, channels_per_block a multiple of it), passes in "
              "block_tile or tile_block order, split by blocks, "
              "unroll 1, 1 x 1 tiles"),
         ]
@@ -167,7 +167,8 @@ class DirectConvPlan:
         """Names the variant in kernel symbols, e.g. table_v16_r4x1_m1_u2."""
         if self.form == "lanes":
             blocks = self.channels_per_block // self.vector_width
-            return f"lanes_v{self.vector_width}_p{self.positions}" + (f"_w{blocks}" if blocks > 1 else "")
+            return (f"lanes_v{self.vector_width}_p{self.positions}" + (f"_w{blocks}" if blocks > 1 else "")
+                    + (f"_c{self.channel_chunk}" if self.channel_chunk else ""))
         split = "s" if self.split_accumulators else ""
         chunk = f"_c{self.channel_chunk}" if self.channel_chunk else ""
         order = {"block_tile": "", "tile_block": "_tb", "tile_chunk_block": "_tcb"}[self.loop_order]

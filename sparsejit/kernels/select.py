@@ -474,7 +474,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
             and override.get("form", "lanes") == "lanes" and override.keys() <= LANES_FIELDS):
         if v not in LANES_WIDTHS:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
-        plan = apply_override(lanes_plan(v, rows_outer=lanes_rows_outer(workload)), override, layer)
+        plan = apply_override(lanes_plan(v, rows_outer=lanes_rows_outer(workload),
+                                         channel_chunk=lanes_passes(workload, v)), override, layer)
         misfit = lanes_fit(workload, target, plan.channels_per_block)
         if misfit is not None:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
@@ -674,7 +675,7 @@ def with_shifted_sums(workload: ConvWorkload, plan: DirectConvPlan, in_layout: L
 
 # what a plan override may name and still leave a dense layer the lanes form (other fields
 # are the table forms' blocking)
-LANES_FIELDS = {"form", "positions", "codegen_opt"}
+LANES_FIELDS = {"form", "positions", "codegen_opt", "channel_chunk"}
 
 
 # Vectors of output channels per lanes block, by vector width. AVX-512 (32 registers): one,
@@ -707,13 +708,35 @@ def lanes_pays(workload: ConvWorkload, target: Target, out_layout: Layout | None
     return taps > 1 and lanes_columns(workload, out_layout) >= LANES_AVX2_MIN_COLUMNS
 
 
-def lanes_plan(vector_width: int, codegen_opt: int = 2, rows_outer: bool = False) -> DirectConvPlan:
+def lanes_plan(vector_width: int, codegen_opt: int = 2, rows_outer: bool = False,
+               channel_chunk: int = 0) -> DirectConvPlan:
     """The lanes form's plan: LANES_VECTORS vectors of output channels per block, positions by
-    rule, rows outside blocks ("tile_block") or inside."""
+    rule, rows outside blocks ("tile_block") or inside, in passes of `channel_chunk` input
+    channels (0: one pass)."""
     return DirectConvPlan(form="lanes", vector_width=vector_width, rows_per_tile=1, vectors_per_row=1,
                           channels_per_block=vector_width * LANES_VECTORS[vector_width], unroll=1,
-                          codegen_opt=codegen_opt,
+                          codegen_opt=codegen_opt, channel_chunk=channel_chunk,
                           loop_order="tile_block" if rows_outer else "block_tile")
+
+
+# On AVX2 the lanes form sums convs over more than LANES_PASS_MIN_CHANNELS input channels (per
+# group) in passes of LANES_PASS_CHANNELS: a block's weights for one pass (16 channels x 64 x 9
+# taps: 37 KB) and the pass's input stay nearer L1 than a whole conv's (295 KB per block for 512
+# channels, more than half of Zen 3's 512 KB L2), at the cost of storing and reloading partial
+# sums. AMD Zen 3, unpruned VGG-16 compiled both ways in one process, alternated: conv3_2 /
+# conv3_3 (256 -> 256 on 56 x 56) 1.21x, conv4_2 / conv4_3 (512 -> 512 on 28 x 28) 1.33x, conv4_1
+# (256 -> 512) 1.02x, the whole network 1.12x; 128 channels 0.93-1.0x alone (VGG-16 conv3_1
+# 1.01x), so not there. Passes of 16 and 32 channels were no faster (0.9-1.0x of 64). AVX-512
+# (1 MB L2 on the Zen 4s measured) keeps one pass: not measured with passes.
+LANES_PASS_MIN_CHANNELS = 128
+LANES_PASS_CHANNELS = 64
+
+
+def lanes_passes(workload: ConvWorkload, vector_width: int) -> int:
+    """The lanes form's default `channel_chunk` for this conv (0: one pass)."""
+    if vector_width == 8 and workload.in_channels // workload.group > LANES_PASS_MIN_CHANNELS:
+        return LANES_PASS_CHANNELS
+    return 0
 
 
 def lanes_rows_outer(workload: ConvWorkload) -> bool:

@@ -34,9 +34,11 @@ from ..kernels.sparse_fc import choose_plan as choose_fc_plan
 from ..targets import Target
 
 # the lanes form's positions per block tried besides the rule's (lanes_positions), by vector
-# width; and the vectors of channels per block tried besides the default's (select.LANES_VECTORS)
+# width; the vectors of channels per block tried besides the default's (select.LANES_VECTORS)
 LANES_POSITIONS = {16: (8, 12, 16), 8: (4, 5, 6)}
 LANES_VECTORS = {16: (), 8: (1, 3, 4)}
+# and its passes over input channels (0: one pass) tried besides the default's
+LANES_CHUNKS = (0, 32, 64)
 SPARSE_BLOCKS = (1, 2, 4)
 DENSE_BLOCKS = (4, 6, 8)
 UNROLLS = (1, 2, 4)
@@ -98,6 +100,9 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
     lanes = [replace(default, positions=p) for p in LANES_POSITIONS[v] if p != default.positions]
     lanes.append(replace(default, loop_order=other_order))
     lanes += [replace(default, channels_per_block=w * v, positions=0) for w in LANES_VECTORS[v]]
+    per_group = workload.in_channels // workload.group
+    lanes += [replace(default, channel_chunk=c) for c in LANES_CHUNKS
+              if c != default.channel_chunk and c < per_group]
     table = select.choose_conv(workload, weight, target, {"form": "table"}, in_layout=in_layout,
                                threads=threads, out_layout=out_layout)
     room = budget - 1 - len(lanes)

@@ -759,6 +759,36 @@ def test_output_over_its_residual(form, target):
 
 
 @pytest.mark.parametrize("target", LANES_TARGETS)
+@pytest.mark.parametrize("order", ["block_tile", "tile_block"])
+@pytest.mark.parametrize("vectors", [1, 2, 4])
+def test_lanes_passes_over_input_channels(vectors, order, target):
+    """Passes over input channels (the last one shorter): the first adds the bias and the
+    residual (also over its own output, before the store reaches it), later ones the partial
+    sums stored, the last activates; blocks storing whole vectors (AVX2) blend the next block's
+    partial sums back; passes with no entries (one nonzero); groups; batch 2; flat runs."""
+    v = WIDTHS[target]
+    cases = [  # (in channels, width, out channels, group, density, residual, in place, activation)
+        (20, 56, 2 * v * vectors + 3, 1, 0.9, True, False, "relu"),
+        (20, 13, v * vectors, 1, 0.9, True, True, "leaky_relu"),
+        (12, 29, v * vectors + 5, 1, "one", False, False, "clip"),
+        (24, 7, 2 * v * vectors, 2, 0.8, True, True, "relu"),
+        (9, 5, v * vectors, 1, 1.0, False, False, "none"),
+    ]
+    for i, (c, width, m, group, density, residual, in_place, activation) in enumerate(cases):
+        case = ConvCase(c, 4, width, m, (3, 3), pads=(1, 1, 1, 1), group=group, batch=2,
+                        density=density, residual=residual, residual_in_place=in_place,
+                        activation=activation,
+                        plan={"form": "lanes", "channels_per_block": v * vectors, "channel_chunk": 4,
+                              "loop_order": order})
+        ran = run_case(case, target, seed=1100 + 10 * vectors + i)
+        assert ran.chunks(c // group) == -(-c // group // 4) > 1
+    flat = ConvCase(10, 5, 9, 2 * v + 1, (1, 1), batch=2, density=0.9, residual=True, flat=True,
+                    in_extra_pads=(0, 1, 0, 2), out_pads=(1, 0, 1, 0),
+                    plan={"form": "lanes", "channel_chunk": 3, "loop_order": order})
+    assert run_case(flat, target, seed=1199).chunks(10) == 4
+
+
+@pytest.mark.parametrize("target", LANES_TARGETS)
 @pytest.mark.parametrize("density", [1.0, "one"], ids=str)
 @pytest.mark.parametrize("shape", FLAT_CASES, ids=str)
 def test_lanes_flat_runs(shape, density, target):

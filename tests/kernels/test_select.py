@@ -387,6 +387,22 @@ def test_dense_layers_visit_every_channel_block_per_tile():
     assert select.choose_conv(first, np.ones((64, 3, 7, 7), np.float32), host).loop_order == "block_tile"
 
 
+def test_avx2_lanes_form_sums_many_input_channels_in_passes():
+    """On AVX2 a dense conv over more than 128 input channels (per group) runs the lanes form
+    in passes of 64 (a block's weights for a pass stay near L1); 128 or fewer in one pass; AVX-512
+    in one pass (not measured there); an override names its own."""
+    avx2, avx512 = targets.get("avx2"), targets.get("avx512")
+
+    def plan(c: int, target, override=None):
+        wl = ConvWorkload(c, 28, 28, 64, (3, 3), pads=(1, 1, 1, 1))
+        return select.choose_conv(wl, np.ones((64, c, 3, 3), np.float32), target, override)
+
+    assert plan(256, avx2).form == "lanes" and plan(256, avx2).channel_chunk == 64
+    assert plan(128, avx2).channel_chunk == 0 and plan(512, avx512).channel_chunk == 0
+    assert plan(256, avx2, {"channel_chunk": 0}).channel_chunk == 0
+    assert plan(256, avx2, {"channel_chunk": 32}).form == "lanes"
+
+
 def test_dense_blocks_take_the_most_fmas_per_load():
     """With FMA, a dense table block holds the channels and accumulators that run the most
     FMAs per load within the registers: 3 x 4 on AVX2 (12 sums, 3 broadcasts and an input
@@ -417,8 +433,10 @@ def test_dense_layers_take_the_lanes_form_on_avx512():
     assert plan.form == "lanes" and plan.channels_per_block == 16
     assert plan.accumulators == plan.positions == 14  # the rows of 14: one block each
     assert select.choose_conv(pointwise, dense, host, {"positions": 7}).positions == 7
-    table = select.choose_conv(pointwise, dense, host, {"channel_chunk": 128})
+    table = select.choose_conv(pointwise, dense, host, {"rows_per_tile": 2, "channel_chunk": 128})
     assert table.form == "table" and table.channels_per_block == 4
+    passes = select.choose_conv(pointwise, dense, host, {"channel_chunk": 128})
+    assert passes.form == "lanes" and passes.chunks(1024) == 8
     assert select.choose_conv(pointwise, dense, targets.get("avx2")).form == "table"
     first = ConvWorkload(3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3))
     assert select.choose_conv(first, np.ones((64, 3, 7, 7), np.float32), host).form == "table"
