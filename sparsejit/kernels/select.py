@@ -523,6 +523,30 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
     return wider if wider.shifted_sums else framed
 
 
+# A dense 1x1 conv runs in one pass over its input channels when all its weights stay in L2
+# (at most DENSE_ONE_PASS_WEIGHT_BYTES) and a tile's input slice over every channel stays near
+# L1 (at most DENSE_ONE_PASS_SLICE_BYTES); else in passes of 64 channels. AMD Zen 3, unpruned
+# ResNet-50 in the network, passes against one pass, alternated (two runs): 128 -> 512 on 28 x 28
+# (256 KB of weights, 16 KB slices) one pass 1.11-1.36x, 256 -> 128 on 56 x 56 (128 KB, 32 KB)
+# 1.15-1.34x, layer1.0's merged 1x1 convs (128 -> 256 on 56 x 56) 1.14x; 512 -> 256 on 28 x 28
+# (512 KB, 64 KB) 1.08x and 0.98x, left in passes; with more weights passes win or tie:
+# 256 -> 1024 and 1024 -> 256 on 14 x 14 (1 MB) 0.97-1.05x, 512 -> 2048 on 7 x 7 (4 MB) 0.84x,
+# 2048 -> 512 0.7x.
+DENSE_ONE_PASS_WEIGHT_BYTES = 256 * 1024
+DENSE_ONE_PASS_SLICE_BYTES = 64 * 1024
+
+
+def dense_pointwise_one_pass(workload: ConvWorkload, rows: int, vectors: int, v: int) -> bool:
+    """Does a dense 1x1 conv tiled `rows` x `vectors` run in one pass (see
+    DENSE_ONE_PASS_WEIGHT_BYTES)?"""
+    if workload.kernel != (1, 1):
+        return False
+    cg = workload.in_channels // workload.group
+    weights = 4 * cg * workload.out_channels
+    return (weights <= DENSE_ONE_PASS_WEIGHT_BYTES
+            and 4 * cg * tile_input_floats(workload, rows, vectors, v) <= DENSE_ONE_PASS_SLICE_BYTES)
+
+
 def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, dense: bool,
                first_conv: bool, mb: int, rb: int, cb: int, v: int,
                thread_split: str, split_stores: bool = False) -> DirectConvPlan:
@@ -538,7 +562,7 @@ def _tile_plan(workload: ConvWorkload, weight_density: float, nonzeros: int, den
         # rounds: CaffeNet conv1 over its 48 phase planes 1.05x, ResNet-50's dense 64 -> 256 1x1
         # convs 1.01-1.04x); an image's first conv, whose tile input is a few channels, keeps
         # blocks outside tiles (ResNet-50 conv1 0.99x)
-        chunk = 64 if cg > 96 else 0
+        chunk = 64 if cg > 96 and not dense_pointwise_one_pass(workload, rb, cb, v) else 0
         order = "tile_block" if chunk or not first_conv else "block_tile"
     else:
         chunk, order = sparse_passes(workload, weight_density, rb, cb, v)

@@ -403,6 +403,22 @@ def test_avx2_lanes_form_sums_many_input_channels_in_passes():
     assert plan(256, avx2, {"channel_chunk": 32}).form == "lanes"
 
 
+def test_dense_pointwise_convs_with_weights_in_l2_run_one_pass():
+    """A dense 1x1 conv over more than 96 input channels runs in passes of 64, but in one pass
+    where all its weights fit DENSE_ONE_PASS_WEIGHT_BYTES and a tile's slice over every channel
+    DENSE_ONE_PASS_SLICE_BYTES; convs with more taps keep their passes."""
+    avx2 = targets.get("avx2")
+
+    def chunk(c: int, size: int, m: int, k: int = 1) -> int:
+        wl = ConvWorkload(c, size, size, m, (k, k), pads=(k // 2,) * 4)
+        return select.choose_conv(wl, np.ones((m, c, k, k), np.float32), avx2).channel_chunk
+
+    assert chunk(128, 28, 512) == 0 and chunk(256, 56, 128) == 0  # 256 and 128 KB of weights
+    assert chunk(512, 28, 256) == 64 and chunk(512, 7, 2048) == 64 and chunk(256, 14, 1024) == 64
+    assert chunk(128, 14, 32, 3) == 64  # 147 KB, but 9 taps
+    assert chunk(64, 56, 256) == 0  # 64 channels: one pass anyway
+
+
 def test_dense_blocks_take_the_most_fmas_per_load():
     """With FMA, a dense table block holds the channels and accumulators that run the most
     FMAs per load within the registers: 3 x 4 on AVX2 (12 sums, 3 broadcasts and an input
