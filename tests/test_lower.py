@@ -556,7 +556,8 @@ def test_a_conv_writes_over_a_residual_it_reads_in_passes_but_not_over_its_input
     for form, batch, threads in [(f, b, t) for f in forms for b, t in ((1, 1), (2, 2))]:
         model, x = _residual_block(rng, batch)
         cm = sparsejit.compile(model, threads=threads, plans={"c2": {"form": form, "channel_chunk": 3}})
-        assert_close(cm.run({"x": x})["y"], run_ort(model, {"x": x})[0], what=f"y ({form}, {threads} threads)")
+        assert_close(cm.run({"x": x})["y"], run_ort(model, {"x": x})[0],
+                     what=f"y ({form}, {threads} threads)")
         program = cm.lowered()
         step = next(s for s in program.steps if getattr(s, "residual", None))
         assert "_c3" in kinds(cm)["c2"] and form in kinds(cm)["c2"]
