@@ -475,7 +475,8 @@ def choose_conv(workload: ConvWorkload, weight: np.ndarray, target: Target,
         if v not in LANES_WIDTHS:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
         plan = apply_override(lanes_plan(v, rows_outer=lanes_rows_outer(workload),
-                                         channel_chunk=lanes_passes(workload, v)), override, layer)
+                                         channel_chunk=lanes_passes(workload, v),
+                                         vectors=lanes_vectors(workload, v)), override, layer)
         misfit = lanes_fit(workload, target, plan.channels_per_block)
         if misfit is not None:
             raise InvalidPlanError(f"layer '{layer}': {misfit}")
@@ -711,6 +712,14 @@ LANES_FIELDS = {"form", "positions", "codegen_opt", "channel_chunk"}
 # In the network (two compiled models alternated, per-layer profiles): ResNet-50's 3x3 convs
 # on 56 x 56 and 28 x 28 maps 1.04-1.29x, VGG-16's 0.90-1.33x, 1.03x summed).
 LANES_VECTORS = {16: 1, 8: 2}
+# On AVX2, convs over at most this many input channels (per group) take blocks of 4 vectors x 3
+# positions (one broadcast per 4 FMAs, MLAS's AVX2 shape) where whole blocks of 32 channels
+# divide the output channels. AMD Zen 3, unpruned, in the network (alternated, two runs):
+# ResNet-50's layer1 3x3 convs (64 -> 64 on 56 x 56) 1.05x and 1.09-1.12x, VGG-16 conv1_2 1.03x
+# and 1.07x, conv2_1 1.02-1.03x; alone 1.04x (session 27). Over 128 channels mixed: ResNet-50's
+# layer2 0.88-1.07x, VGG-16 conv2_2 0.99x, conv3_x / conv4_x 0.90-0.96x.
+LANES_WIDE_BLOCK_MAX_CHANNELS = 64
+LANES_WIDE_BLOCK_VECTORS = 4
 # AVX2's lanes form runs only convs with several taps on maps at least this wide: elsewhere
 # the table form's dense blocks were as fast or faster (Zen 3, as above: 1x1 convs 0.75-1.1x,
 # 14 x 14 and 7 x 7 maps 0.85-0.93x; 28 x 28 VGG-16 conv4_2 1.03x, 56 x 56 conv3_2 0.94-1.0x).
@@ -732,13 +741,23 @@ def lanes_pays(workload: ConvWorkload, target: Target, out_layout: Layout | None
     return taps > 1 and lanes_columns(workload, out_layout) >= LANES_AVX2_MIN_COLUMNS
 
 
+def lanes_vectors(workload: ConvWorkload, vector_width: int) -> int:
+    """Vectors of output channels per block of the lanes form's default plan for this conv."""
+    wide = LANES_WIDE_BLOCK_VECTORS * vector_width
+    if (vector_width == 8 and workload.in_channels // workload.group <= LANES_WIDE_BLOCK_MAX_CHANNELS
+            and (workload.out_channels // workload.group) % wide == 0):
+        return LANES_WIDE_BLOCK_VECTORS
+    return LANES_VECTORS[vector_width]
+
+
 def lanes_plan(vector_width: int, codegen_opt: int = 2, rows_outer: bool = False,
-               channel_chunk: int = 0) -> DirectConvPlan:
-    """The lanes form's plan: LANES_VECTORS vectors of output channels per block, positions by
-    rule, rows outside blocks ("tile_block") or inside, in passes of `channel_chunk` input
-    channels (0: one pass)."""
+               channel_chunk: int = 0, vectors: int | None = None) -> DirectConvPlan:
+    """The lanes form's plan: `vectors` (default LANES_VECTORS) vectors of output channels per
+    block, positions by rule, rows outside blocks ("tile_block") or inside, in passes of
+    `channel_chunk` input channels (0: one pass)."""
+    vectors = vectors or LANES_VECTORS[vector_width]
     return DirectConvPlan(form="lanes", vector_width=vector_width, rows_per_tile=1, vectors_per_row=1,
-                          channels_per_block=vector_width * LANES_VECTORS[vector_width], unroll=1,
+                          channels_per_block=vector_width * vectors, unroll=1,
                           codegen_opt=codegen_opt, channel_chunk=channel_chunk,
                           loop_order="tile_block" if rows_outer else "block_tile")
 

@@ -34,9 +34,9 @@ from ..kernels.sparse_fc import choose_plan as choose_fc_plan
 from ..targets import Target
 
 # the lanes form's positions per block tried besides the rule's (lanes_positions), by vector
-# width; the vectors of channels per block tried besides the default's (select.LANES_VECTORS)
+# width; the vectors of channels per block tried (select.lanes_vectors: the default's)
 LANES_POSITIONS = {16: (8, 12, 16), 8: (4, 5, 6)}
-LANES_VECTORS = {16: (), 8: (1, 3, 4)}
+LANES_VECTORS = {16: (), 8: (1, 2, 3, 4)}
 # and its passes over input channels (0: one pass) tried besides the default's
 LANES_CHUNKS = (0, 32, 64)
 SPARSE_BLOCKS = (1, 2, 4)
@@ -97,9 +97,12 @@ def candidates(workload: ConvWorkload, weight: np.ndarray, target: Target, budge
     # form's space
     v = default.vector_width
     other_order = "block_tile" if default.loop_order == "tile_block" else "tile_block"
-    lanes = [replace(default, positions=p) for p in LANES_POSITIONS[v] if p != default.positions]
+    vectors = default.channels_per_block // v
+    lanes = [replace(default, positions=p) for p in LANES_POSITIONS[v]
+             if p != default.positions and p * vectors <= select.accumulator_budget(target)]
     lanes.append(replace(default, loop_order=other_order))
-    lanes += [replace(default, channels_per_block=w * v, positions=0) for w in LANES_VECTORS[v]]
+    lanes += [replace(default, channels_per_block=w * v, positions=0) for w in LANES_VECTORS[v]
+              if w * v != default.channels_per_block]
     per_group = workload.in_channels // workload.group
     lanes += [replace(default, channel_chunk=c) for c in LANES_CHUNKS
               if c != default.channel_chunk and c < per_group]

@@ -481,14 +481,18 @@ def test_dense_layers_take_the_lanes_form_on_avx512():
 ], ids=str)
 def test_dense_layers_on_avx2_take_the_lanes_form_on_wide_maps(wl, form):
     """On AVX2 the lanes form holds two vectors of channels (16) and 6 positions (12 sums in 16
-    registers) and runs dense convs with several taps on maps at least 28 wide, where it beat
-    the table form's dense blocks; 1x1 convs, narrower maps, first convs and groups of channels
-    a block would straddle keep dense table blocks. Its thresholds are the table form's."""
+    registers), over at most 64 input channels four vectors (32) and 3 positions where blocks of
+    32 divide the channels, and runs dense convs with several taps on maps at least 28 wide,
+    where it beat the table form's dense blocks; 1x1 convs, narrower maps, first convs and
+    groups of channels a block would straddle keep dense table blocks. Its thresholds are the
+    table form's."""
     avx2 = targets.get("avx2")
     plan = select.choose_conv(wl, _weight(wl, 1.0), avx2)
     assert plan.form == form, plan
+    wide = wl.in_channels // wl.group <= 64 and (wl.out_channels // wl.group) % 32 == 0
     if form == "lanes":
-        assert (plan.channels_per_block, plan.positions, plan.accumulators) == (16, 6, 12)
+        assert (plan.channels_per_block, plan.positions, plan.accumulators) == (
+            (32, 3, 12) if wide else (16, 6, 12))
     else:
         assert plan.channels_per_block > 1
     assert not select.lanes_thresholds(avx2) and select.lanes_thresholds(targets.get("avx512"))

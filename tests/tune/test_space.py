@@ -74,14 +74,14 @@ def test_dense_layers_block_more_channels():
 
 
 def test_avx2_dense_layers_try_lanes_blocks_of_one_to_four_vectors():
-    """On AVX2 a dense 3x3 conv on a wide map defaults to the lanes form (2 vectors of
-    channels); its space tries 1, 3 and 4 vectors too, each within the registers, and passes
-    over fewer input channels than the conv has."""
+    """On AVX2 a dense 3x3 conv on a wide map defaults to the lanes form; its space tries
+    blocks of 1 to 4 vectors of channels, each within the registers, and passes over fewer
+    input channels than the conv has."""
     wl = ConvWorkload(64, 28, 28, 96, (3, 3), pads=(1, 1, 1, 1))
     avx2 = targets.get("avx2")
     plans = candidates(wl, weights(wl, 1.0, 1), avx2, 40)
     lanes = [p for p in plans if p.form == "lanes"]
-    assert plans[0].form == "lanes" and plans[0].channels_per_block == 16
+    assert plans[0].form == "lanes" and plans[0].channels_per_block == 8 * select.lanes_vectors(wl, 8)
     assert {p.channels_per_block for p in lanes} == {8, 16, 24, 32}
     assert {p.channel_chunk for p in lanes} == {0, 32}  # passes below the 64 input channels
     for p in lanes:  # positions 0: the rule's, resolved when the kernel is rendered
