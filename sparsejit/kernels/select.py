@@ -714,10 +714,11 @@ LANES_FIELDS = {"form", "positions", "codegen_opt", "channel_chunk"}
 LANES_VECTORS = {16: 1, 8: 2}
 # On AVX2, convs over at most this many input channels (per group) take blocks of 4 vectors x 3
 # positions (one broadcast per 4 FMAs, MLAS's AVX2 shape) where whole blocks of 32 channels
-# divide the output channels. AMD Zen 3, unpruned, in the network (alternated, two runs):
-# ResNet-50's layer1 3x3 convs (64 -> 64 on 56 x 56) 1.05x and 1.09-1.12x, VGG-16 conv1_2 1.03x
-# and 1.07x, conv2_1 1.02-1.03x; alone 1.04x (session 27). Over 128 channels mixed: ResNet-50's
-# layer2 0.88-1.07x, VGG-16 conv2_2 0.99x, conv3_x / conv4_x 0.90-0.96x.
+# divide the output channels. AMD Zen 3, unpruned, in the network (alternated): faster in every
+# run, by no more than that VM's noise: ResNet-50's layer1 3x3 convs (64 -> 64 on 56 x 56) 1.05x
+# and 1.09-1.12x, VGG-16 conv1_2 1.03x, 1.07x and 1.07x, conv2_1 1.02-1.03x and 1.12x (in that
+# run unchanged layers moved 0.97-1.15x); alone 1.04x (session 27). Over 128 channels mixed:
+# ResNet-50's layer2 0.88-1.07x, VGG-16 conv2_2 0.99x, conv3_x / conv4_x 0.90-0.96x.
 LANES_WIDE_BLOCK_MAX_CHANNELS = 64
 LANES_WIDE_BLOCK_VECTORS = 4
 # AVX2's lanes form runs only convs with several taps on maps at least this wide: elsewhere
